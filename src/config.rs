@@ -1,0 +1,378 @@
+//! Typed settings: embedded defaults < TOML file < `HERALD_*` environment, validated
+//! before anything binds, with errors that name the offending key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The defaults, embedded in the binary so `herald` runs with no file at all.
+/// `deploy/herald.toml` documents the same keys; a test keeps the two in step.
+pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+
+/// Prefix of environment overrides: `HERALD_SSE__HEARTBEAT_INTERVAL=30s` sets
+/// `sse.heartbeat_interval` (`__` separates a section from its key).
+pub const ENV_PREFIX: &str = "HERALD";
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or parsed into the typed settings.
+    #[error("{0}")]
+    Load(String),
+    /// A value parsed but is out of range or inconsistent.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sse: SseConfig,
+    pub history: HistoryConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub backend: BackendConfig,
+    pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public listener: subscriptions, publishing, the demo page.
+    pub listen: SocketAddr,
+    /// Operator listener: metrics, health, stats; never exposed through nginx.
+    pub admin_listen: SocketAddr,
+    /// Serve the demo page at `/` on the public listener.
+    pub demo_page: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    /// How often an idle stream gets a keep-alive, so proxies do not cut it.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// When non-empty, heartbeats are events of this type instead of `: ping` comments,
+    /// so browser code (which never sees comments) can run a watchdog.
+    pub heartbeat_event: String,
+    /// Reconnection delay sent as the `retry:` line that opens each stream.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Event type sent when a resume cannot be served from history.
+    pub reset_event: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events retained per channel for `Last-Event-ID` resume.
+    pub max_events: usize,
+    /// Events older than this are dropped from history.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How often aged events and empty channels are swept.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Channels the node holds at once; publishing to a new channel beyond it gets 503.
+    pub max_channels: usize,
+    /// Channels one subscription may name.
+    pub max_channels_per_subscription: usize,
+    /// Longest channel name, in bytes.
+    pub max_channel_name_length: usize,
+    /// Longest event type, in bytes.
+    pub max_event_type_length: usize,
+    /// Largest publish request body, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest single encoded event, in bytes.
+    pub max_event_bytes: usize,
+    /// Most events in one batch publish.
+    pub max_batch_events: usize,
+    /// Events a subscriber may have pending before it is disconnected as too slow
+    /// (the channel buffer is at least this long).
+    pub subscriber_queue_events: usize,
+    /// A request whose headers have not arrived by then is closed (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer keys accepted for `POST /publish`. See README "Publishing and keys".
+    pub publish_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `memory`: one node, everything in process.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `tracing` filter directive, e.g. `info` or `herald=debug`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Longest time between SIGTERM and exit; open streams are ended within it.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::load(None).expect("embedded defaults are valid")
+    }
+}
+
+impl Config {
+    /// Layer the embedded defaults, the optional file and the environment, then validate.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k.contains("__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("auth.publish_keys")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        if self.sse.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("sse.heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.sse.retry.as_millis() > u32::MAX as u128 {
+            return Err(invalid("sse.retry", "too large"));
+        }
+        crate::validate::event_type(&self.sse.heartbeat_event, 128, true)
+            .map_err(|r| invalid("sse.heartbeat_event", r))?;
+        crate::validate::event_type(&self.sse.reset_event, 128, false)
+            .map_err(|r| invalid("sse.reset_event", r))?;
+        if self.history.max_events > 1_000_000 {
+            return Err(invalid("history.max_events", "must be at most 1000000"));
+        }
+        if self.history.sweep_interval < Duration::from_millis(10) {
+            return Err(invalid("history.sweep_interval", "must be at least 10ms"));
+        }
+        let l = &self.limits;
+        let positive: [(&'static str, usize); 8] = [
+            ("limits.max_channels", l.max_channels),
+            (
+                "limits.max_channels_per_subscription",
+                l.max_channels_per_subscription,
+            ),
+            ("limits.max_channel_name_length", l.max_channel_name_length),
+            ("limits.max_event_type_length", l.max_event_type_length),
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_event_bytes", l.max_event_bytes),
+            ("limits.max_batch_events", l.max_batch_events),
+            ("limits.subscriber_queue_events", l.subscriber_queue_events),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_channels_per_subscription > 1024 {
+            return Err(invalid(
+                "limits.max_channels_per_subscription",
+                "must be at most 1024",
+            ));
+        }
+        if l.subscriber_queue_events > 1_000_000 {
+            return Err(invalid(
+                "limits.subscriber_queue_events",
+                "must be at most 1000000",
+            ));
+        }
+        if l.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "limits.header_read_timeout",
+                "must be greater than 0",
+            ));
+        }
+        for (i, key) in self.auth.publish_keys.iter().enumerate() {
+            if key.len() < 16 {
+                return Err(invalid(
+                    "auth.publish_keys",
+                    format!("key #{i} is shorter than 16 characters"),
+                ));
+            }
+        }
+        if self.backend.kind != "memory" {
+            return Err(invalid(
+                "backend.kind",
+                format!(
+                    "unknown backend {:?} (supported: \"memory\")",
+                    self.backend.kind
+                ),
+            ));
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "telemetry.log_format",
+                "must be \"text\" or \"json\"",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return Err(invalid(
+                "telemetry.log_level",
+                "not a valid filter directive",
+            ));
+        }
+        if self.shutdown.drain_timeout.is_zero() {
+            return Err(invalid("shutdown.drain_timeout", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `herald check-config`.
+    /// Publish keys are masked: this output ends up in terminals and tickets.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        for key in &mut shown.auth.publish_keys {
+            *key = "<redacted>".to_string();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.sse.heartbeat_interval, Duration::from_secs(120));
+        assert_eq!(c.limits.max_channels_per_subscription, 16);
+        assert_eq!(c.sse.reset_event, "reset");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("h.toml");
+        std::fs::write(
+            &file,
+            "[sse]\nheartbeat_interval = \"30s\"\nretry = \"1s\"\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("HERALD_SSE__HEARTBEAT_INTERVAL", "5s"),
+                (
+                    "HERALD_AUTH__PUBLISH_KEYS",
+                    "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb",
+                ),
+                ("HERALD_UNRELATED", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sse.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.sse.retry, Duration::from_secs(1));
+        assert_eq!(c.auth.publish_keys.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[sse]\nheartbeat_interval = \"soon\"\n",
+                "sse.heartbeat_interval",
+            ),
+            (
+                "[limits]\nmax_batch_events = 0\n",
+                "limits.max_batch_events",
+            ),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+            ("[history]\nmax_evnts = 3\n", "max_evnts"),
+            ("[backend]\nkind = \"etcd\"\n", "backend.kind"),
+        ];
+        for (text, key) in cases {
+            let file = dir.path().join("bad.toml");
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_matches_embedded_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
+        let from_file = Config::load_with_env(Some(&example), env(&[])).unwrap();
+        assert_eq!(from_file.to_toml(), Config::default().to_toml());
+    }
+}

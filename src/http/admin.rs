@@ -1,0 +1,45 @@
+//! Admin endpoints: Prometheus metrics, liveness, readiness, and a JSON snapshot.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::response::{self, Body};
+use super::AppState;
+
+pub fn metrics(state: &AppState) -> Response<Body> {
+    response::full(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        Bytes::from(state.hub.metrics().render()),
+    )
+}
+
+/// Alive as long as the process answers.
+pub fn healthz() -> Response<Body> {
+    response::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready to take traffic: false before serving and from the start of shutdown, so a
+/// load balancer stops sending new streams while old ones drain.
+pub fn readyz(state: &AppState) -> Response<Body> {
+    if state.is_ready() {
+        response::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
+    } else {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "draining" }),
+        )
+    }
+}
+
+pub fn stats(state: &AppState) -> Response<Body> {
+    let channels = state.hub.stats();
+    let body = serde_json::json!({
+        "connections": state.hub.metrics().connections_open.get(),
+        "channels": channels.len(),
+        "subscribers": channels.iter().map(|c| c.subscribers).sum::<usize>(),
+        "ready": state.is_ready(),
+        "per_channel": channels,
+    });
+    response::json(StatusCode::OK, &body)
+}

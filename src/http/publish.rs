@@ -1,0 +1,123 @@
+//! `POST /publish`: authorise, read a bounded body, parse, publish, answer with the IDs.
+
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::response::{self, ApiError, Body};
+use super::AppState;
+use crate::auth::{AuthError, Listener};
+use crate::hub::HubError;
+use crate::publish::{self, Format, PublishError, PublishErrorKind};
+
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    listener: Listener,
+) -> Response<Body> {
+    match publish(state, req, listener).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            state
+                .hub
+                .metrics()
+                .publish_rejected
+                .with_label_values(&[e.code])
+                .inc();
+            e.into_response()
+        }
+    }
+}
+
+async fn publish(
+    state: &AppState,
+    req: Request<Incoming>,
+    listener: Listener,
+) -> Result<Response<Body>, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    state
+        .auth
+        .check(listener, authorization)
+        .map_err(auth_error)?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type).map_err(publish_error)?;
+    let max = state.config.limits.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds limits.max_body_bytes ({max} bytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::bad_request("body_read_failed", format!("could not read the body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
+    let published = state.hub.publish(&events).map_err(|e| match e {
+        HubError::TooManyChannels(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_channels",
+            e.to_string(),
+        )
+        .retry_after(5),
+        HubError::ShuttingDown => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string()).retry_after(1)
+        }
+    })?;
+    let ids: Vec<serde_json::Value> = published
+        .iter()
+        .map(|p| serde_json::json!({ "id": p.id.to_string(), "channel": p.channel }))
+        .collect();
+    let body = match format {
+        Format::Json if body.trim_ascii_start().starts_with(b"[") => {
+            serde_json::json!({ "events": ids })
+        }
+        _ => ids.into_iter().next().unwrap_or_default(),
+    };
+    Ok(response::json(StatusCode::OK, &body))
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::MissingKey => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing_key", e.to_string())
+        }
+        AuthError::BadKey => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_key", e.to_string()),
+        AuthError::PublicPublishDisabled => {
+            ApiError::new(StatusCode::FORBIDDEN, "publish_disabled", e.to_string())
+        }
+    }
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    let status = match e.kind {
+        PublishErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        PublishErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        PublishErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    };
+    ApiError::new(status, e.code, e.message)
+}

@@ -1,0 +1,84 @@
+//! Building responses: JSON bodies, and the one mapping from errors to status and body.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use super::stream::SseStream;
+
+/// Every response body herald sends: a complete buffer, or a live event stream.
+pub type Body = Either<Full<Bytes>, SseStream>;
+
+/// A refused request: status, a stable machine-readable code, and a sentence for humans.
+/// Rendered as `{"error": code, "message": message}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for `Retry-After` on 429/503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut resp = json(self.status, &body);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    full(status, "application/json", Bytes::from(value.to_string()))
+}
+
+pub fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub fn not_found() -> Response<Body> {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+}
+
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("allowed methods: {allow}"),
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// hyper services return `Result`; ours never fail (errors become responses).
+pub type Served = Result<Response<Body>, Infallible>;

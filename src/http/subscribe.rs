@@ -1,0 +1,164 @@
+//! `GET /events?channel=a&channel=b[&lastEventId=N]`: open an event stream.
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Either;
+
+use super::response::{ApiError, Body};
+use super::stream::SseStream;
+use super::AppState;
+use crate::validate;
+
+/// What a subscribe request asks for, validated.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    pub channels: Vec<String>,
+    pub last_event_id: Option<String>,
+}
+
+/// Longest `Last-Event-ID` we look at; ours are at most 20 digits.
+const MAX_LAST_EVENT_ID: usize = 64;
+
+pub fn parse<B>(
+    req: &Request<B>,
+    max_channels: usize,
+    max_name: usize,
+) -> Result<SubscribeRequest, ApiError> {
+    let mut channels: Vec<String> = Vec::new();
+    let mut query_last_id = None;
+    for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "channel" => {
+                validate::channel(&value, max_name)
+                    .map_err(|r| ApiError::bad_request("invalid_channel", r))?;
+                if !channels.iter().any(|c| *c == value) {
+                    channels.push(value.into_owned());
+                }
+                if channels.len() > max_channels {
+                    return Err(ApiError::bad_request(
+                        "too_many_channels",
+                        format!("at most {max_channels} channels per subscription (limits.max_channels_per_subscription)"),
+                    ));
+                }
+            }
+            "lastEventId" => query_last_id = Some(value.into_owned()),
+            // Anything else (cache busters such as `_=123`) is ignored.
+            _ => {}
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name at least one channel: /events?channel=NAME",
+        ));
+    }
+    // The header (sent by EventSource on reconnect) wins over the query parameter.
+    let header_last_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let last_event_id = header_last_id.or(query_last_id).filter(|id| !id.is_empty());
+    if last_event_id
+        .as_ref()
+        .is_some_and(|id| id.len() > MAX_LAST_EVENT_ID)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("Last-Event-ID is longer than {MAX_LAST_EVENT_ID} bytes"),
+        ));
+    }
+    Ok(SubscribeRequest {
+        channels,
+        last_event_id,
+    })
+}
+
+pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
+    let limits = &state.config.limits;
+    let request = match parse(
+        req,
+        limits.max_channels_per_subscription,
+        limits.max_channel_name_length,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            state
+                .hub
+                .metrics()
+                .requests_rejected
+                .with_label_values(&[e.code])
+                .inc();
+            return e.into_response();
+        }
+    };
+    if state.hub.is_closing() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is shutting down",
+        )
+        .retry_after(1)
+        .into_response();
+    }
+    let subscription = state
+        .hub
+        .subscribe(&request.channels, request.last_event_id.as_deref());
+    tracing::debug!(channels = ?request.channels, resumed = request.last_event_id.is_some(), "stream opened");
+    let body = SseStream::new(
+        state.hub.clone(),
+        subscription,
+        state.preamble.clone(),
+        state.heartbeat.clone(),
+    );
+    let mut resp = Response::new(Either::Right(body));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, last_id: Option<&str>) -> Request<()> {
+        let mut b = Request::get(uri);
+        if let Some(id) = last_id {
+            b = b.header("Last-Event-ID", id);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn channels_and_resume_id() {
+        let r = parse(
+            &req(
+                "/events?channel=a&channel=b&channel=a&lastEventId=5&_=1",
+                None,
+            ),
+            16,
+            64,
+        )
+        .unwrap();
+        assert_eq!(r.channels, vec!["a", "b"]);
+        assert_eq!(r.last_event_id.as_deref(), Some("5"));
+        let r = parse(&req("/events?channel=a&lastEventId=5", Some("9")), 16, 64).unwrap();
+        assert_eq!(r.last_event_id.as_deref(), Some("9"), "header wins");
+    }
+
+    #[test]
+    fn refusals() {
+        let code = |uri: &str| parse(&req(uri, None), 2, 8).unwrap_err().code;
+        assert_eq!(code("/events"), "missing_channel");
+        assert_eq!(code("/events?channel="), "invalid_channel");
+        assert_eq!(code("/events?channel=a%0Ab"), "invalid_channel");
+        assert_eq!(code("/events?channel=toolongname"), "invalid_channel");
+        assert_eq!(
+            code("/events?channel=a&channel=b&channel=c"),
+            "too_many_channels"
+        );
+    }
+}

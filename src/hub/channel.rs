@@ -1,0 +1,172 @@
+//! One channel: its ring of encoded events and the wakers of subscribers waiting on it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+
+use bytes::Bytes;
+use slab::Slab;
+
+/// An encoded event in a channel ring.
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    pub id: u64,
+    /// Milliseconds since the hub's epoch, for `history.max_age`.
+    pub at_ms: u64,
+    /// The complete SSE message, shared by every subscriber.
+    pub bytes: Bytes,
+}
+
+pub(super) struct Channel {
+    pub name: Arc<str>,
+    state: Mutex<ChannelState>,
+}
+
+impl Channel {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            state: Mutex::new(ChannelState::default()),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, ChannelState> {
+        // Every edit of the state is a single step, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Default)]
+pub(super) struct ChannelState {
+    ring: VecDeque<Stored>,
+    /// Absolute position of `ring[0]`: positions count every event ever pushed, so a
+    /// subscriber cursor stays meaningful while the ring slides.
+    start_pos: u64,
+    /// ID of the newest event that left the ring; resumes from below it have a gap.
+    evicted_id: u64,
+    pub subscribers: usize,
+    /// Subscribers parked until the next push, keyed by slab index.
+    waiters: Slab<Waker>,
+    /// Bumped each time `waiters` is emptied, so a subscriber knows whether its slab key
+    /// still refers to its own registration.
+    pub wake_gen: u64,
+    /// Set by the sweeper when the channel leaves the hub map; a publisher that raced with
+    /// it retries on a fresh channel.
+    pub removed: bool,
+}
+
+impl ChannelState {
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    pub fn start_pos(&self) -> u64 {
+        self.start_pos
+    }
+
+    pub fn end_pos(&self) -> u64 {
+        self.start_pos + self.ring.len() as u64
+    }
+
+    pub fn evicted_id(&self) -> u64 {
+        self.evicted_id
+    }
+
+    pub fn last_id(&self) -> Option<u64> {
+        self.ring.back().map(|e| e.id)
+    }
+
+    /// True for a channel that has never held an event: it knows nothing of the past.
+    pub fn is_new(&self) -> bool {
+        self.start_pos == 0 && self.ring.is_empty() && self.evicted_id == 0
+    }
+
+    /// The event at absolute position `pos`, if still in the ring.
+    pub fn get(&self, pos: u64) -> Option<&Stored> {
+        let index = pos.checked_sub(self.start_pos)?;
+        self.ring.get(usize::try_from(index).ok()?)
+    }
+
+    pub fn push(&mut self, event: Stored, capacity: usize) {
+        while self.ring.len() >= capacity {
+            self.evict_front();
+        }
+        self.ring.push_back(event);
+    }
+
+    fn evict_front(&mut self) {
+        if let Some(old) = self.ring.pop_front() {
+            self.evicted_id = old.id;
+            self.start_pos += 1;
+        }
+    }
+
+    pub fn trim_older_than(&mut self, oldest_ms: u64) {
+        while self.ring.front().is_some_and(|e| e.at_ms < oldest_ms) {
+            self.evict_front();
+        }
+        if self.ring.is_empty() && self.ring.capacity() > 0 {
+            self.ring.shrink_to_fit();
+        }
+    }
+
+    /// Where a resume after `id` starts, if every event after `id` is still retained:
+    /// within the newest `max_events` and not older than `oldest_ms`.
+    pub fn resume_pos(&self, id: u64, max_events: usize, oldest_ms: u64) -> Option<u64> {
+        if self.evicted_id > id {
+            return None;
+        }
+        let index = self.ring.partition_point(|e| e.id <= id);
+        let retained_from = self.ring.len().saturating_sub(max_events);
+        let first_needed = self.ring.get(index);
+        let outside_window = index < retained_from;
+        let too_old = first_needed.is_some_and(|e| e.at_ms < oldest_ms);
+        if first_needed.is_some() && (outside_window || too_old) {
+            return None;
+        }
+        Some(self.start_pos + index as u64)
+    }
+
+    /// Park a subscriber until the next push. `slot` is its previous registration
+    /// (generation, slab key), reused when still current so a subscriber is listed once.
+    pub fn park(&mut self, slot: &mut Option<(u64, usize)>, waker: &Waker) {
+        if let Some((generation, key)) = *slot {
+            if generation == self.wake_gen {
+                if let Some(w) = self.waiters.get_mut(key) {
+                    if !w.will_wake(waker) {
+                        w.clone_from(waker);
+                    }
+                    return;
+                }
+            }
+        }
+        let key = self.waiters.insert(waker.clone());
+        *slot = Some((self.wake_gen, key));
+    }
+
+    /// Forget a registration made by [`ChannelState::park`] (a subscriber going away).
+    pub fn unpark(&mut self, slot: Option<(u64, usize)>) {
+        if let Some((generation, key)) = slot {
+            if generation == self.wake_gen && self.waiters.contains(key) {
+                self.waiters.remove(key);
+            }
+        }
+    }
+
+    /// Empty the waiter list; the caller wakes them after releasing the lock.
+    pub fn take_waiters(&mut self) -> Vec<Waker> {
+        if self.waiters.is_empty() {
+            return Vec::new();
+        }
+        self.wake_gen += 1;
+        let wakers: Vec<Waker> = self.waiters.drain().collect();
+        if self.waiters.capacity() > 64 && self.waiters.capacity() > 4 * wakers.len() {
+            self.waiters.shrink_to_fit();
+        }
+        wakers
+    }
+}

@@ -1,0 +1,377 @@
+//! Channels, fan-out and history: the in-memory heart of the broker.
+//!
+//! Each channel keeps one ring of encoded events. The ring is both the resume history and
+//! the fan-out buffer: a subscriber is a cursor into the rings of its channels, woken when
+//! they grow, so a publish costs one push and one wake per *waiting* subscriber, never a
+//! copy per subscriber. A subscriber whose cursor falls too far behind is cut off (it
+//! resumes from history with `Last-Event-ID`), so a slow client can never hold memory.
+//!
+//! Event IDs come from one node-wide counter, so they order events across channels and one
+//! `Last-Event-ID` resumes a multi-channel subscription. The counter starts at the process
+//! start time in microseconds, so IDs keep increasing across restarts and an ID from an
+//! earlier process is recognised as outside history.
+
+mod channel;
+mod subscription;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::metrics::Metrics;
+use crate::sse;
+use channel::{Channel, ChannelState, Stored};
+pub use subscription::{Poll as SubscriptionPoll, Subscription};
+
+/// Limits the hub enforces; taken from `history.*` and `limits.*`.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub history_max_events: usize,
+    pub history_max_age: Duration,
+    /// A subscriber further behind than this is disconnected as too slow.
+    pub subscriber_queue_events: usize,
+    /// Channels that may exist at once (publishing to a new one beyond it is refused).
+    pub max_channels: usize,
+    /// Event type of the event sent when a resume cannot be served.
+    pub reset_event: String,
+}
+
+impl HubSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            history_max_events: config.history.max_events,
+            history_max_age: config.history.max_age,
+            subscriber_queue_events: config.limits.subscriber_queue_events,
+            max_channels: config.limits.max_channels,
+            reset_event: config.sse.reset_event.clone(),
+        }
+    }
+
+    /// Ring length: history for resume, and at least a full subscriber queue for fan-out.
+    fn ring_capacity(&self) -> usize {
+        self.history_max_events.max(self.subscriber_queue_events)
+    }
+}
+
+/// An event accepted for publishing, already validated.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub channel: String,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+/// The ID and channel of a published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: u64,
+    pub channel: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HubError {
+    #[error("the node holds the maximum of {0} channels")]
+    TooManyChannels(usize),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Per-channel figures for `/stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelStats {
+    pub name: String,
+    pub subscribers: usize,
+    pub retained_events: usize,
+    pub last_event_id: Option<u64>,
+}
+
+pub struct Hub {
+    /// Live channels by name. Lock order: this map, then channels in name order.
+    channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
+    /// Last assigned event ID.
+    seq: AtomicU64,
+    /// IDs at or below this were assigned by an earlier process: never in our history.
+    base_seq: u64,
+    /// Highest ID evicted from a channel that has since been removed; a resume from below
+    /// it on a channel we no longer know may have missed events.
+    removed_floor: AtomicU64,
+    /// Monotonic origin for the millisecond timestamps stored with events.
+    epoch: Instant,
+    /// Set when shutdown begins: streams end and publishes are refused.
+    closing: AtomicBool,
+    settings: HubSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(settings: HubSettings, metrics: Arc<Metrics>) -> Arc<Self> {
+        let now_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Arc::new(Self {
+            channels: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(now_micros),
+            base_seq: now_micros,
+            removed_floor: AtomicU64::new(0),
+            epoch: Instant::now(),
+            closing: AtomicBool::new(false),
+            settings,
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock_map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Channel>>> {
+        // A panic while holding the map lock leaves it consistent (no multi-step edits),
+        // so a poisoned lock is still usable.
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get_or_create(
+        &self,
+        map: &mut HashMap<Arc<str>, Arc<Channel>>,
+        name: &str,
+    ) -> Result<Arc<Channel>, HubError> {
+        if let Some(ch) = map.get(name) {
+            return Ok(ch.clone());
+        }
+        if map.len() >= self.settings.max_channels {
+            return Err(HubError::TooManyChannels(self.settings.max_channels));
+        }
+        let ch = Arc::new(Channel::new(name));
+        map.insert(ch.name.clone(), ch.clone());
+        self.metrics.channels.set(map.len() as i64);
+        Ok(ch)
+    }
+
+    /// Publish a batch atomically: every event gets its ID and lands in its channel's
+    /// history before any subscriber can see any of them.
+    pub fn publish(&self, batch: &[NewEvent]) -> Result<Vec<Published>, HubError> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(HubError::ShuttingDown);
+        }
+        loop {
+            let mut touched: Vec<Arc<Channel>> = {
+                let mut map = self.lock_map();
+                let mut names: Vec<&str> = batch.iter().map(|e| e.channel.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                names
+                    .into_iter()
+                    .map(|n| self.get_or_create(&mut map, n))
+                    .collect::<Result<_, _>>()?
+            };
+            touched.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut guards: Vec<MutexGuard<'_, ChannelState>> =
+                touched.iter().map(|c| c.lock()).collect();
+            // The sweeper may have removed a channel between the map lookup and its lock.
+            if guards.iter().any(|g| g.removed) {
+                continue;
+            }
+            let now = self.now_ms();
+            let capacity = self.settings.ring_capacity();
+            let mut published = Vec::with_capacity(batch.len());
+            for ev in batch {
+                let slot = touched
+                    .binary_search_by(|c| (*c.name).cmp(ev.channel.as_str()))
+                    .expect("every channel of the batch was looked up");
+                let id = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+                let bytes = sse::encode(&sse::Event {
+                    id: Some(itoa::Buffer::new().format(id)),
+                    event: ev.event.as_deref(),
+                    data: &ev.data,
+                    retry: ev.retry,
+                });
+                guards[slot].push(
+                    Stored {
+                        id,
+                        at_ms: now,
+                        bytes,
+                    },
+                    capacity,
+                );
+                published.push(Published {
+                    id,
+                    channel: ev.channel.clone(),
+                });
+            }
+            let wakers: Vec<_> = guards.iter_mut().flat_map(|g| g.take_waiters()).collect();
+            drop(guards);
+            self.metrics.events_published.inc_by(batch.len() as u64);
+            for w in wakers {
+                w.wake();
+            }
+            return Ok(published);
+        }
+    }
+
+    /// Open a subscription. With `last_event_id`, it first replays every retained event
+    /// after that ID, or starts with a reset event when history cannot cover the gap.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        names: &[String],
+        last_event_id: Option<&str>,
+    ) -> Subscription {
+        let mut map = self.lock_map();
+        let mut channels: Vec<Arc<Channel>> = Vec::with_capacity(names.len());
+        for name in names {
+            // Subscribing may create a channel even at the channel limit: a subscriber
+            // costs a connection, which has its own limits.
+            let ch = map
+                .entry(Arc::from(name.as_str()))
+                .or_insert_with_key(|k| Arc::new(Channel::new(k)))
+                .clone();
+            if !channels.iter().any(|c| Arc::ptr_eq(c, &ch)) {
+                channels.push(ch);
+            }
+        }
+        self.metrics.channels.set(map.len() as i64);
+        channels.sort_by(|a, b| a.name.cmp(&b.name));
+        // Holding every channel lock at once makes the seam exact: each event is either
+        // in the snapshot positions below or published after them.
+        let mut guards: Vec<MutexGuard<'_, ChannelState>> =
+            channels.iter().map(|c| c.lock()).collect();
+        drop(map);
+        let last_seq = self.seq.load(Ordering::Acquire);
+        let resume_from = last_event_id.map(parse_event_id);
+        let mut reset: Option<(&'static str, Bytes)> = None;
+        let mut positions = Vec::with_capacity(guards.len());
+        for g in guards.iter_mut() {
+            g.subscribers += 1;
+            positions.push(g.end_pos());
+        }
+        if let Some(from) = resume_from {
+            let floor = self.removed_floor.load(Ordering::Acquire);
+            let reason = match from {
+                None => Some("unknown_id"),
+                Some(id) if id > last_seq || id < self.base_seq => Some("unknown_id"),
+                Some(id) => {
+                    let max_age = self.settings.history_max_age.as_millis() as u64;
+                    let oldest_ms = self.now_ms().saturating_sub(max_age);
+                    let mut gap = false;
+                    for (g, pos) in guards.iter().zip(positions.iter_mut()) {
+                        match g.resume_pos(id, self.settings.history_max_events, oldest_ms) {
+                            Some(p) if !(g.is_new() && floor > id) => *pos = p,
+                            _ => gap = true,
+                        }
+                    }
+                    gap.then_some("history_exhausted")
+                }
+            };
+            if let Some(reason) = reason {
+                for (g, pos) in guards.iter().zip(positions.iter_mut()) {
+                    *pos = g.end_pos();
+                }
+                reset = Some((reason, self.reset_event(reason, last_event_id, last_seq)));
+            }
+        }
+        drop(guards);
+        if let Some((reason, _)) = &reset {
+            self.metrics
+                .resume_resets
+                .with_label_values(&[reason])
+                .inc();
+        }
+        Subscription::new(self.clone(), channels, positions, reset.map(|(_, b)| b))
+    }
+
+    fn reset_event(&self, reason: &str, last_event_id: Option<&str>, last_seq: u64) -> Bytes {
+        let data = serde_json::json!({
+            "reason": reason,
+            "last_event_id": last_event_id,
+            "message": "events after last_event_id are no longer retained; refetch state",
+        })
+        .to_string();
+        sse::encode(&sse::Event {
+            id: Some(itoa::Buffer::new().format(last_seq)),
+            event: Some(&self.settings.reset_event),
+            data: &data,
+            retry: None,
+        })
+    }
+
+    /// Drop aged events and remove channels that have neither subscribers nor history.
+    pub fn sweep(&self) {
+        let max_age = self.settings.history_max_age.as_millis() as u64;
+        let oldest_ms = self.now_ms().saturating_sub(max_age);
+        let mut map = self.lock_map();
+        map.retain(|_, ch| {
+            let mut g = ch.lock();
+            g.trim_older_than(oldest_ms);
+            let keep = g.subscribers > 0 || !g.is_empty();
+            if !keep {
+                g.removed = true;
+                self.removed_floor
+                    .fetch_max(g.evicted_id(), Ordering::AcqRel);
+            }
+            keep
+        });
+        self.metrics.channels.set(map.len() as i64);
+    }
+
+    /// Start shutdown: refuse publishes and wake every subscriber so its stream ends.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let channels: Vec<_> = self.lock_map().values().cloned().collect();
+        for ch in channels {
+            let wakers = ch.lock().take_waiters();
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.lock_map().len()
+    }
+
+    pub fn stats(&self) -> Vec<ChannelStats> {
+        let channels: Vec<_> = self.lock_map().values().cloned().collect();
+        let mut stats: Vec<_> = channels
+            .iter()
+            .map(|ch| {
+                let g = ch.lock();
+                ChannelStats {
+                    name: ch.name.to_string(),
+                    subscribers: g.subscribers,
+                    retained_events: g.len(),
+                    last_event_id: g.last_id(),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+}
+
+/// `Last-Event-ID` values are decimal IDs we assigned; anything else is unknown.
+fn parse_event_id(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! A subscriber: cursors into the rings of its channels, read in ID order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Context;
+
+use bytes::{Bytes, BytesMut};
+
+use super::channel::Channel;
+use super::Hub;
+
+/// What a poll of a subscription produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// This many events were appended to the output buffer.
+    Events(usize),
+    /// Nothing new; the task is woken on the next publish to one of the channels.
+    Pending,
+    /// The subscriber fell further behind than the queue allows (or its events left
+    /// the ring before it read them): its stream must end, and it resumes from history.
+    Lagged,
+    /// The hub is shutting down.
+    Closed,
+}
+
+struct Cursor {
+    channel: Arc<Channel>,
+    /// Absolute ring position of the next event to deliver.
+    pos: u64,
+    /// Current waker registration in the channel, see `ChannelState::park`.
+    parked: Option<(u64, usize)>,
+}
+
+pub struct Subscription {
+    hub: Arc<Hub>,
+    cursors: Vec<Cursor>,
+    /// A reset event to send before anything else.
+    reset: Option<Bytes>,
+}
+
+/// Upper bound on the bytes gathered in one poll: one write's worth.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+impl Subscription {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        channels: Vec<Arc<Channel>>,
+        positions: Vec<u64>,
+        reset: Option<Bytes>,
+    ) -> Self {
+        let cursors = channels
+            .into_iter()
+            .zip(positions)
+            .map(|(channel, pos)| Cursor {
+                channel,
+                pos,
+                parked: None,
+            })
+            .collect();
+        Self {
+            hub,
+            cursors,
+            reset,
+        }
+    }
+
+    /// True when the subscription opened with a reset (its resume ID was not served).
+    pub fn starts_with_reset(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    /// Append the next pending events, in ID order, to `out`.
+    pub fn poll_events(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll {
+        if self.hub.is_closing() {
+            return Poll::Closed;
+        }
+        let mut produced = 0;
+        if let Some(reset) = self.reset.take() {
+            out.extend_from_slice(&reset);
+            produced += 1;
+        }
+        let queue = self.hub.settings.subscriber_queue_events as u64;
+        let result = if self.cursors.len() == 1 {
+            poll_single(&mut self.cursors[0], cx, out, queue)
+        } else {
+            poll_merged(&self.hub, &mut self.cursors, cx, out, queue)
+        };
+        match result {
+            Poll::Events(n) => Poll::Events(n + produced),
+            Poll::Pending if produced > 0 => Poll::Events(produced),
+            other => other,
+        }
+    }
+}
+
+fn poll_single(c: &mut Cursor, cx: &mut Context<'_>, out: &mut BytesMut, queue: u64) -> Poll {
+    let mut g = c.channel.lock();
+    if c.pos < g.start_pos() || g.end_pos() - c.pos > queue {
+        return Poll::Lagged;
+    }
+    let mut n = 0;
+    while out.len() < MAX_BATCH_BYTES {
+        match g.get(c.pos) {
+            Some(e) => {
+                out.extend_from_slice(&e.bytes);
+                c.pos += 1;
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    if n == 0 {
+        g.park(&mut c.parked, cx.waker());
+        return Poll::Pending;
+    }
+    Poll::Events(n)
+}
+
+/// Several channels: deliver only events up to an ID horizon read *before* looking at the
+/// rings. Every event with an ID at or below it is already in its ring (IDs are assigned
+/// under the channel lock), so what is delivered is in global ID order and a later poll
+/// can never produce a smaller ID, which keeps `Last-Event-ID` exact.
+fn poll_merged(
+    hub: &Hub,
+    cursors: &mut [Cursor],
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+    queue: u64,
+) -> Poll {
+    loop {
+        let horizon = hub.seq.load(Ordering::Acquire);
+        let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
+        let mut pending_beyond_horizon = false;
+        // Each channel contributes a bounded slice; the lowest last ID among slices that
+        // were cut short bounds what is safe to deliver this time.
+        let mut cutoff = u64::MAX;
+        for (i, c) in cursors.iter_mut().enumerate() {
+            let mut g = c.channel.lock();
+            if c.pos < g.start_pos() || g.end_pos() - c.pos > queue {
+                return Poll::Lagged;
+            }
+            let mut pos = c.pos;
+            let mut bytes = 0;
+            let mut last_id = 0;
+            while let Some(e) = g.get(pos) {
+                if e.id > horizon {
+                    pending_beyond_horizon = true;
+                    break;
+                }
+                if bytes >= MAX_BATCH_BYTES {
+                    cutoff = cutoff.min(last_id);
+                    break;
+                }
+                bytes += e.bytes.len();
+                last_id = e.id;
+                batch.push((e.id, i, e.bytes.clone()));
+                pos += 1;
+            }
+            if pos == g.end_pos() && pos == c.pos {
+                g.park(&mut c.parked, cx.waker());
+            }
+        }
+        if batch.is_empty() {
+            if pending_beyond_horizon {
+                continue;
+            }
+            return Poll::Pending;
+        }
+        batch.sort_unstable_by_key(|(id, _, _)| *id);
+        let mut n = 0;
+        for (id, i, bytes) in batch {
+            if id > cutoff {
+                break;
+            }
+            out.extend_from_slice(&bytes);
+            cursors[i].pos += 1;
+            n += 1;
+        }
+        return Poll::Events(n);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for c in &self.cursors {
+            let mut g = c.channel.lock();
+            g.subscribers -= 1;
+            g.unpark(c.parked);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! herald: a hardened Server-Sent Events broker.
+//!
+//! Publishers `POST /publish` events to channels; browsers subscribe with `EventSource` at
+//! `GET /events?channel=...` and resume with `Last-Event-ID`.
+//!
+//! # Layout
+//! - [`config`]: typed settings, file + environment layering, validation naming the key
+//! - [`sse`]: the spec-exact SSE encoder
+//! - [`validate`]: rules for channel names, event types and data
+//! - [`publish`]: publish bodies (JSON, batch, form) into validated events
+//! - [`hub`]: channels, fan-out, history and seamless resume
+//! - [`auth`]: who may publish
+//! - [`http`]: the public and admin routers and the event-stream body
+//! - [`metrics`]: every Prometheus metric, named in one place
+//! - [`server`]: accept loops, sweeper and graceful drain
+//! - [`telemetry`]: logging
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod sse;
+pub mod telemetry;
+pub mod validate;

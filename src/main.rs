@@ -1,0 +1,114 @@
+//! The `herald` binary: parse arguments, load and validate config, start logging, bind,
+//! serve until SIGTERM/SIGINT, drain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::config::Config;
+use herald::server::{self, Listeners, RunOptions};
+
+/// Exit status for a configuration that cannot be used (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A hardened Server-Sent Events broker"
+)]
+struct Cli {
+    /// TOML config file layered over the embedded defaults (see deploy/herald.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Demo mode for local trials: with no auth.publish_keys, the public listener accepts
+    /// publishes without a key. Never use it where the listener is reachable by others.
+    #[arg(long)]
+    demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the effective configuration, or the error that stops it from loading.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    herald::telemetry::init(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config, RunOptions { demo: cli.demo }))
+}
+
+async fn serve(config: Config, options: RunOptions) -> ExitCode {
+    let listeners = match Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let public = listeners
+        .public
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = listeners
+        .admin
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%public, %admin, demo = options.demo, "herald listening");
+    if options.demo && config.auth.publish_keys.is_empty() {
+        tracing::warn!(
+            "demo mode: anyone who reaches {public} can publish; never run --demo in production"
+        );
+    }
+    server::run(config, options, listeners, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}
