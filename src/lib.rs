@@ -4,16 +4,16 @@
 //! `GET /events?channel=...` and resume with `Last-Event-ID`.
 //!
 //! # Layout
-//! - [`config`]: typed settings, file + environment layering, validation naming the key
-//! - [`sse`]: the spec-exact SSE encoder
-//! - [`validate`]: rules for channel names, event types and data
-//! - [`publish`]: publish bodies (JSON, batch, form) into validated events
-//! - [`hub`]: channels, fan-out, history and seamless resume
-//! - [`auth`]: who may publish
-//! - [`http`]: the public and admin routers and the event-stream body
-//! - [`metrics`]: every Prometheus metric, named in one place
-//! - [`server`]: accept loops, sweeper and graceful drain
-//! - [`telemetry`]: logging
+//! - [`config`] — typed settings, file + environment layering, validation naming the key
+//! - [`sse`] — the spec-exact SSE encoder
+//! - [`validate`] — rules for channel names, event types and data
+//! - [`publish`] — publish bodies (JSON, batch, form) into validated events
+//! - [`hub`] — channels, fan-out, history and seamless resume
+//! - [`auth`] — who may publish
+//! - [`http`] — the public and admin routers and the event-stream body
+//! - [`metrics`] — every Prometheus metric, named in one place
+//! - [`server`] — accept loops, sweeper and graceful drain
+//! - [`telemetry`] — logging
 
 pub mod auth;
 pub mod config;

@@ -1,7 +1,6 @@
 //! Parsing and validating a publish request body (JSON object, JSON array, or form) into
 //! events. Pure: the HTTP handler reads the body, this decides what it means.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::hub::NewEvent;
@@ -71,18 +70,6 @@ impl Format {
     }
 }
 
-/// One event as a JSON publish names it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonEvent {
-    channel: String,
-    #[serde(default)]
-    event: Option<String>,
-    data: Value,
-    #[serde(default)]
-    retry: Option<u64>,
-}
-
 /// Parse a whole body. A batch is all valid or refused whole.
 pub fn parse(
     format: Format,
@@ -128,14 +115,64 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
     }
 }
 
+/// One JSON event object. Fields are read by hand so every refusal names its field.
 fn json_event(item: Value, limits: &PublishLimits, at: &str) -> Result<NewEvent, PublishError> {
-    let raw: JsonEvent =
-        serde_json::from_value(item).map_err(|e| invalid("invalid_event", format!("{at}{e}")))?;
-    let data = match raw.data {
-        Value::String(s) => s,
-        other => other.to_string(),
+    let Value::Object(mut fields) = item else {
+        return Err(invalid(
+            "invalid_event",
+            format!("{at}: each event must be a JSON object"),
+        ));
     };
-    checked(raw.channel, raw.event, data, raw.retry, limits, at)
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "channel" | "event" | "data" | "retry"))
+    {
+        return Err(invalid(
+            "invalid_event",
+            format!("{at}{unknown}: unknown field; expected channel, event, data, retry (IDs are assigned by herald)"),
+        ));
+    }
+    let channel = match fields.remove("channel") {
+        Some(Value::String(s)) => s,
+        None => {
+            return Err(invalid(
+                "missing_channel",
+                format!("{at}channel: missing field"),
+            ))
+        }
+        Some(_) => {
+            return Err(invalid(
+                "invalid_channel",
+                format!("{at}channel: must be a string"),
+            ))
+        }
+    };
+    let event = match fields.remove("event") {
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => None,
+        Some(_) => {
+            return Err(invalid(
+                "invalid_event_type",
+                format!("{at}event: must be a string"),
+            ))
+        }
+    };
+    let data = match fields.remove("data") {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => return Err(invalid("missing_data", format!("{at}data: missing field"))),
+    };
+    let retry = match fields.remove("retry") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(_) => {
+            return Err(invalid(
+                "invalid_retry",
+                format!("{at}retry: must be a whole number of milliseconds"),
+            ))
+        }
+    };
+    checked(channel, event, data, retry, limits, at)
 }
 
 fn parse_form(body: &[u8], limits: &PublishLimits) -> Result<NewEvent, PublishError> {
@@ -256,7 +293,9 @@ mod tests {
     #[test]
     fn refusals_name_the_problem() {
         let cases = [
-            (r#"{"channel":"a"}"#, "invalid_event", "data"),
+            (r#"{"channel":"a"}"#, "missing_data", "data"),
+            (r#"{"data":"x"}"#, "missing_channel", "channel"),
+            (r#"{"channel":7,"data":"x"}"#, "invalid_channel", "channel"),
             (
                 r#"{"channel":"a","data":"x","id":"7"}"#,
                 "invalid_event",
@@ -270,11 +309,12 @@ mod tests {
             (r#"{"channel":"a","data":"x\u0000"}"#, "invalid_data", "NUL"),
             (
                 r#"{"channel":"a","data":"x","retry":-1}"#,
-                "invalid_event",
+                "invalid_retry",
                 "retry",
             ),
             (r#"[]"#, "empty_batch", "empty"),
             (r#"42"#, "invalid_json", "object"),
+            (r#"[1]"#, "invalid_event", "[0]"),
             (r#"{"#, "invalid_json", "JSON"),
         ];
         for (body, code, mention) in cases {
