@@ -11,6 +11,7 @@ pub fn init(config: &TelemetryConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second init (tests start several servers in one process) keeps the first.
     let _ = if config.log_format == "json" {

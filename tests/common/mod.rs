@@ -1,0 +1,197 @@
+//! Shared test harness: a real herald on loopback port 0, in process or as the binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald::config::Config;
+use herald::server::{self, Listeners, RunOptions};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A configuration for tests: embedded defaults, both listeners on 127.0.0.1:0.
+pub fn test_config() -> Config {
+    let mut c = Config::load_with_env(None, Vec::new()).expect("defaults load");
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+/// herald running inside the test process; shut down on [`TestServer::stop`] or drop.
+pub struct TestServer {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        Self::start_with_options(config, RunOptions { demo: true }).await
+    }
+
+    pub async fn start_with_options(config: Config, options: RunOptions) -> Self {
+        let listeners = Listeners::bind(&config).await.expect("bind loopback");
+        let public = listeners.public.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(config, options, listeners, async {
+            let _ = rx.await;
+        }));
+        Self {
+            public,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.public, path_and_query)
+    }
+
+    pub fn admin_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.admin, path_and_query)
+    }
+
+    /// Signal shutdown and wait until `run` returns.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `herald` binary as a child process, stopped (SIGKILL as a last resort) on drop.
+pub struct HeraldProcess {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HeraldProcess {
+    /// Start `herald --config FILE` where FILE holds `extra_toml` plus loopback port-0
+    /// listeners and JSON logs; waits for the "herald listening" line (10 s deadline).
+    pub fn spawn(extra_toml: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        let has_server = extra_toml.contains("[server]");
+        let has_telemetry = extra_toml.contains("[telemetry]");
+        let mut text = String::new();
+        if !has_server {
+            text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
+        }
+        if !has_telemetry {
+            text.push_str("[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n");
+        }
+        text.push_str(extra_toml);
+        std::fs::write(&file, text).unwrap();
+        let mut child = Command::new(herald_bin())
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("herald listening") {
+                        let _ = tx.send(line.clone());
+                    }
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("herald did not start: {:?}", lines.lock().unwrap());
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
+        let addr = |k: &str| v["fields"][k].as_str().unwrap().parse().unwrap();
+        Self {
+            public: addr("public"),
+            admin: addr("admin"),
+            child,
+            dir,
+            stderr_lines: lines,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.public, path_and_query)
+    }
+
+    pub fn admin_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.admin, path_and_query)
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Wait for exit up to `deadline`; returns the exit status if it exited.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn herald_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// Poll `check` until it returns true or `deadline` passes.
+pub async fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
