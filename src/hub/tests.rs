@@ -1,1 +1,253 @@
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+use std::time::Duration;
 
+use bytes::BytesMut;
+
+use super::*;
+
+fn settings(history: usize, queue: usize) -> HubSettings {
+    HubSettings {
+        history_max_events: history,
+        history_max_age: Duration::from_secs(3600),
+        subscriber_queue_events: queue,
+        max_channels: 100,
+        reset_event: "reset".into(),
+    }
+}
+
+fn hub(history: usize, queue: usize) -> Arc<Hub> {
+    Hub::new(settings(history, queue), Arc::new(Metrics::new()))
+}
+
+fn ev(channel: &str, data: &str) -> NewEvent {
+    NewEvent {
+        channel: channel.into(),
+        event: None,
+        data: data.into(),
+        retry: None,
+    }
+}
+
+/// Counts wake-ups, so a test sees whether a parked subscriber was woken.
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Poll until Pending, returning the IDs delivered (parsed from the `id:` lines).
+fn drain(sub: &mut Subscription, waker: &Waker) -> (Vec<u64>, SubscriptionPoll, String) {
+    let mut cx = Context::from_waker(waker);
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    loop {
+        let mut out = BytesMut::new();
+        let r = sub.poll_events(&mut cx, &mut out);
+        let chunk = String::from_utf8(out.to_vec()).unwrap();
+        ids.extend(
+            chunk
+                .lines()
+                .filter_map(|l| l.strip_prefix("id: "))
+                .map(|i| i.parse::<u64>().unwrap()),
+        );
+        text.push_str(&chunk);
+        if !matches!(r, SubscriptionPoll::Events(_)) {
+            return (ids, r, text);
+        }
+    }
+}
+
+#[test]
+fn publish_wakes_a_parked_subscriber_and_delivers_once() {
+    let hub = hub(10, 10);
+    let mut sub = hub.subscribe(&names(&["a"]), None);
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(counter.clone());
+    assert_eq!(drain(&mut sub, &waker).1, SubscriptionPoll::Pending);
+    let ids = hub.publish(&[ev("a", "1"), ev("a", "2")]).unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1, "one wake per publish");
+    let (got, end, _) = drain(&mut sub, &waker);
+    assert_eq!(got, ids.iter().map(|p| p.id).collect::<Vec<_>>());
+    assert_eq!(end, SubscriptionPoll::Pending);
+    // Parking twice without a publish in between registers once.
+    drain(&mut sub, &waker);
+    hub.publish(&[ev("a", "3")]).unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn ids_increase_across_channels() {
+    let hub = hub(10, 10);
+    let a = hub.publish(&[ev("a", "1")]).unwrap()[0].id;
+    let b = hub.publish(&[ev("b", "1")]).unwrap()[0].id;
+    let c = hub.publish(&[ev("a", "2")]).unwrap()[0].id;
+    assert!(a < b && b < c);
+}
+
+#[test]
+fn resume_replays_after_the_id_in_order_across_channels() {
+    let hub = hub(100, 100);
+    let first = hub.publish(&[ev("a", "0")]).unwrap()[0].id;
+    let rest: Vec<u64> = hub
+        .publish(&[ev("b", "1"), ev("a", "2"), ev("c", "x"), ev("b", "3")])
+        .unwrap()
+        .iter()
+        .filter(|p| p.channel != "c")
+        .map(|p| p.id)
+        .collect();
+    let mut sub = hub.subscribe(&names(&["b", "a"]), Some(&first.to_string()));
+    let waker = Waker::noop().clone();
+    let (got, _, text) = drain(&mut sub, &waker);
+    assert_eq!(got, rest);
+    assert!(!text.contains("reset"));
+}
+
+#[test]
+fn resume_from_the_latest_id_replays_nothing() {
+    let hub = hub(10, 10);
+    let last = hub.publish(&[ev("a", "0")]).unwrap()[0].id;
+    let mut sub = hub.subscribe(&names(&["a"]), Some(&last.to_string()));
+    let (got, end, _) = drain(&mut sub, Waker::noop());
+    assert!(got.is_empty());
+    assert_eq!(end, SubscriptionPoll::Pending);
+}
+
+#[test]
+fn unknown_or_evicted_ids_start_with_a_reset() {
+    let hub = hub(3, 3);
+    let ids: Vec<u64> = (0..5)
+        .map(|i| hub.publish(&[ev("a", &i.to_string())]).unwrap()[0].id)
+        .collect();
+    let latest = *ids.last().unwrap();
+    for (from, reason) in [
+        ("garbage".to_string(), "unknown_id"),
+        ((latest + 10).to_string(), "unknown_id"),
+        ("1".to_string(), "unknown_id"),
+        (ids[0].to_string(), "history_exhausted"),
+    ] {
+        let mut sub = hub.subscribe(&names(&["a"]), Some(&from));
+        assert!(sub.starts_with_reset(), "{from}");
+        let (got, _, text) = drain(&mut sub, Waker::noop());
+        assert!(text.starts_with("event: reset\n"), "{text}");
+        assert!(text.contains(reason), "{from}: {text}");
+        assert_eq!(
+            got,
+            vec![latest],
+            "reset carries the latest ID, nothing replayed"
+        );
+    }
+    // The oldest retained event's predecessor is still a full resume.
+    let mut sub = hub.subscribe(&names(&["a"]), Some(&ids[1].to_string()));
+    assert_eq!(drain(&mut sub, Waker::noop()).0, ids[2..].to_vec());
+}
+
+#[test]
+fn a_subscriber_further_behind_than_its_queue_lags() {
+    let hub = hub(100, 4);
+    let mut sub = hub.subscribe(&names(&["a"]), None);
+    for i in 0..5 {
+        hub.publish(&[ev("a", &i.to_string())]).unwrap();
+    }
+    assert_eq!(drain(&mut sub, Waker::noop()).1, SubscriptionPoll::Lagged);
+    let mut ok = hub.subscribe(&names(&["a"]), None);
+    for i in 0..4 {
+        hub.publish(&[ev("a", &i.to_string())]).unwrap();
+    }
+    assert_eq!(drain(&mut ok, Waker::noop()).0.len(), 4);
+}
+
+#[test]
+fn sweep_removes_idle_channels_and_remembers_their_floor() {
+    let mut s = settings(10, 10);
+    s.history_max_age = Duration::from_millis(1);
+    let hub = Hub::new(s, Arc::new(Metrics::new()));
+    let id = hub.publish(&[ev("gone", "x")]).unwrap()[0].id;
+    let kept = hub.subscribe(&names(&["kept"]), None);
+    std::thread::sleep(Duration::from_millis(5));
+    hub.sweep();
+    assert_eq!(
+        hub.channel_count(),
+        1,
+        "only the channel with a subscriber stays"
+    );
+    let mut sub = hub.subscribe(&names(&["gone"]), Some(&(id - 1).to_string()));
+    assert!(
+        sub.starts_with_reset(),
+        "its event aged out: the gap is reported"
+    );
+    drain(&mut sub, Waker::noop());
+    drop(sub);
+    drop(kept);
+    hub.sweep();
+    assert_eq!(hub.channel_count(), 0);
+}
+
+#[test]
+fn closing_ends_subscriptions_and_refuses_publishes() {
+    let hub = hub(10, 10);
+    let mut sub = hub.subscribe(&names(&["a"]), None);
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(counter.clone());
+    drain(&mut sub, &waker);
+    hub.close();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+    assert_eq!(drain(&mut sub, &waker).1, SubscriptionPoll::Closed);
+    assert_eq!(hub.publish(&[ev("a", "x")]), Err(HubError::ShuttingDown));
+}
+
+#[test]
+fn channel_limit_refuses_new_channels_only() {
+    let mut s = settings(10, 10);
+    s.max_channels = 2;
+    let hub = Hub::new(s, Arc::new(Metrics::new()));
+    hub.publish(&[ev("a", "1"), ev("b", "1")]).unwrap();
+    assert_eq!(
+        hub.publish(&[ev("c", "1")]),
+        Err(HubError::TooManyChannels(2))
+    );
+    hub.publish(&[ev("a", "2")]).unwrap();
+}
+
+/// Publishers on several threads, one subscriber on several channels: every event
+/// arrives exactly once and IDs only go up, whatever the interleaving.
+#[test]
+fn merged_delivery_is_in_id_order_under_concurrent_publishing() {
+    let hub = hub(100_000, 100_000);
+    let channels = ["a", "b", "c"];
+    let mut sub = hub.subscribe(&names(&channels), None);
+    let per_thread = 3000;
+    let publishers: Vec<_> = channels
+        .iter()
+        .map(|c| {
+            let hub = hub.clone();
+            let c = c.to_string();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    hub.publish(&[ev(&c, &i.to_string())]).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let waker = Waker::noop();
+    while seen.len() < per_thread * channels.len() {
+        seen.extend(drain(&mut sub, waker).0);
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "IDs strictly increase"
+    );
+    assert_eq!(seen.len(), per_thread * channels.len());
+}
