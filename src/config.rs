@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Serve the demo page at `/` on the public listener.
     pub demo_page: bool,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDR list).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,6 +84,29 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Open event streams on the node (503 beyond).
+    pub max_connections: usize,
+    /// Open event streams per client IP (429 beyond).
+    pub max_connections_per_ip: usize,
+    /// Subscribers of one channel (503 beyond).
+    pub max_subscribers_per_channel: usize,
+    /// New streams per second per client IP, against reconnect storms; 0 is off.
+    pub new_streams_per_ip_per_second: f64,
+    /// New streams an IP may open at once before the rate applies.
+    pub new_streams_burst_per_ip: u32,
+    /// `Retry-After` sent with 503 refusals.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// A write that makes no progress for this long ends the connection.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Largest request head (request line + headers), in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Streams are ended after this long (with a `retry:` hint) so load rebalances; 0s is off.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_lifetime: Duration,
+    /// Random spread added to `max_connection_lifetime`, as a fraction of it (0..=1).
+    pub connection_lifetime_jitter: f64,
     /// Channels the node holds at once; publishing to a new channel beyond it gets 503.
     pub max_channels: usize,
     /// Channels one subscription may name.
@@ -216,7 +241,17 @@ impl Config {
             return Err(invalid("history.sweep_interval", "must be at least 10ms"));
         }
         let l = &self.limits;
-        let positive: [(&'static str, usize); 8] = [
+        let positive: [(&'static str, usize); 12] = [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            (
+                "limits.max_subscribers_per_channel",
+                l.max_subscribers_per_channel,
+            ),
+            (
+                "limits.new_streams_burst_per_ip",
+                l.new_streams_burst_per_ip as usize,
+            ),
             ("limits.max_channels", l.max_channels),
             (
                 "limits.max_channels_per_subscription",
@@ -245,6 +280,25 @@ impl Config {
                 "limits.subscriber_queue_events",
                 "must be at most 1000000",
             ));
+        }
+        if !(l.new_streams_per_ip_per_second >= 0.0 && l.new_streams_per_ip_per_second.is_finite())
+        {
+            return Err(invalid(
+                "limits.new_streams_per_ip_per_second",
+                "must be 0 (off) or a positive number",
+            ));
+        }
+        if !(0.0..=1.0).contains(&l.connection_lifetime_jitter) {
+            return Err(invalid(
+                "limits.connection_lifetime_jitter",
+                "must be between 0 and 1",
+            ));
+        }
+        if l.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "must be at least 8192"));
+        }
+        if l.write_timeout.is_zero() {
+            return Err(invalid("limits.write_timeout", "must be greater than 0"));
         }
         if l.header_read_timeout.is_zero() {
             return Err(invalid(

@@ -10,18 +10,24 @@
 //! - [`publish`] — publish bodies (JSON, batch, form) into validated events
 //! - [`hub`] — channels, fan-out, history and seamless resume
 //! - [`auth`] — who may publish
+//! - [`client_ip`] — the client address behind trusted proxies
+//! - [`limits`] — admission of streams: global, per-IP and rate caps
+//! - [`write_timeout`] — ending connections whose writes stall
 //! - [`http`] — the public and admin routers and the event-stream body
 //! - [`metrics`] — every Prometheus metric, named in one place
 //! - [`server`] — accept loops, sweeper and graceful drain
 //! - [`telemetry`] — logging
 
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
 pub mod validate;
+pub mod write_timeout;

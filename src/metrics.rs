@@ -22,6 +22,10 @@ pub struct Metrics {
     pub publish_rejected: IntCounterVec,
     /// Requests refused before reaching a handler, by reason.
     pub requests_rejected: IntCounterVec,
+    /// Connections ended because a write made no progress within `limits.write_timeout`.
+    pub write_timeouts: IntCounter,
+    /// Failed `accept()` calls (e.g. EMFILE: out of file descriptors).
+    pub accept_errors: IntCounter,
 }
 
 impl Metrics {
@@ -85,6 +89,14 @@ impl Metrics {
                 "herald_requests_rejected_total",
                 "Requests refused, by reason.",
                 "reason",
+            ),
+            write_timeouts: counter(
+                "herald_write_timeouts_total",
+                "Connections ended because a write stalled past limits.write_timeout.",
+            ),
+            accept_errors: counter(
+                "herald_accept_errors_total",
+                "Failed accept() calls, such as running out of file descriptors.",
             ),
             registry,
         }

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
+use crate::write_timeout::WriteTimeout;
 
 /// Options that are not configuration: how this process was started.
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,7 +71,11 @@ pub async fn run(
     let hub = Hub::new(HubSettings::from_config(&config), metrics);
     let drain_timeout = config.shutdown.drain_timeout;
     let sweep_interval = config.history.sweep_interval;
-    let header_timeout = config.limits.header_read_timeout;
+    let conn_limits = ConnLimits {
+        header_read_timeout: config.limits.header_read_timeout,
+        max_header_bytes: config.limits.max_header_bytes,
+        write_timeout: config.limits.write_timeout,
+    };
     let state = Arc::new(AppState::new(config, hub.clone(), options.demo));
 
     let stop_public = CancellationToken::new();
@@ -78,13 +83,17 @@ pub async fn run(
 
     let sweeper = tokio::spawn({
         let hub = hub.clone();
+        let admission = state.admission.clone();
         let stop = stop_admin.clone();
         async move {
             let mut tick = tokio::time::interval(sweep_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => hub.sweep(),
+                    _ = tick.tick() => {
+                        hub.sweep();
+                        admission.sweep();
+                    }
                     _ = stop.cancelled() => break,
                 }
             }
@@ -94,7 +103,9 @@ pub async fn run(
     let public = tokio::spawn(accept_loop(
         listeners.public,
         stop_public.clone(),
-        header_timeout,
+        conn_limits,
+        hub.metrics().write_timeouts.clone(),
+        hub.metrics().accept_errors.clone(),
         {
             let state = state.clone();
             move |peer| {
@@ -106,7 +117,9 @@ pub async fn run(
     let admin = tokio::spawn(accept_loop(
         listeners.admin,
         stop_admin.clone(),
-        header_timeout,
+        conn_limits,
+        hub.metrics().write_timeouts.clone(),
+        hub.metrics().accept_errors.clone(),
         {
             let state = state.clone();
             move |_peer| {
@@ -141,12 +154,22 @@ pub async fn run(
     info!("stopped");
 }
 
+/// Per-connection protections, from `limits.*`.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    write_timeout: Duration,
+}
+
 /// Accept connections until `stop`, serving each with HTTP/1.1; returns the watcher of the
 /// connections still open, for the caller to drain.
 async fn accept_loop<S, F>(
     listener: TcpListener,
     stop: CancellationToken,
-    header_timeout: Duration,
+    limits: ConnLimits,
+    write_timeouts: prometheus::IntCounter,
+    accept_errors: prometheus::IntCounter,
     make_service: F,
 ) -> GracefulShutdown
 where
@@ -161,7 +184,8 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {
@@ -171,6 +195,7 @@ where
                     // EMFILE and friends: back off instead of spinning on a socket that
                     // stays readable, and recover once descriptors are free again.
                     warn!(error = %e, "accept failed; backing off");
+                    accept_errors.inc();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -178,7 +203,8 @@ where
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), make_service(peer));
+        let io = WriteTimeout::new(stream, limits.write_timeout, write_timeouts.clone());
+        let conn = builder.serve_connection(TokioIo::new(io), make_service(peer));
         let conn = connections.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

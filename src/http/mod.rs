@@ -18,9 +18,10 @@ use hyper::body::Incoming;
 use crate::auth::{Listener, PublishAuth};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::{Admission, AdmissionLimits};
 use crate::publish::PublishLimits;
 use response::Served;
-use stream::Heartbeat;
+use stream::StreamSettings;
 
 /// Everything a request handler needs, shared by all connections.
 pub struct AppState {
@@ -28,7 +29,8 @@ pub struct AppState {
     pub config: Config,
     pub auth: PublishAuth,
     pub publish_limits: PublishLimits,
-    pub heartbeat: Heartbeat,
+    pub stream_settings: Arc<StreamSettings>,
+    pub admission: Arc<Admission>,
     /// Opening bytes of every stream (`retry:` and a comment).
     pub preamble: Bytes,
     /// Readiness latch: true once serving, false from the start of shutdown.
@@ -55,10 +57,21 @@ impl AppState {
                 max_event_bytes: config.limits.max_event_bytes,
                 max_batch_events: config.limits.max_batch_events,
             },
-            heartbeat: Heartbeat {
-                interval: config.sse.heartbeat_interval,
-                bytes: heartbeat_bytes,
-            },
+            stream_settings: Arc::new(StreamSettings {
+                heartbeat_interval: config.sse.heartbeat_interval,
+                heartbeat: heartbeat_bytes,
+                retry: config.sse.retry,
+                max_lifetime: config.limits.max_connection_lifetime,
+                lifetime_jitter: config.limits.connection_lifetime_jitter,
+                drain_spread: config.shutdown.drain_timeout.mul_f64(0.7),
+            }),
+            admission: Admission::new(AdmissionLimits {
+                max_connections: config.limits.max_connections,
+                max_connections_per_ip: config.limits.max_connections_per_ip,
+                new_streams_per_ip_per_second: config.limits.new_streams_per_ip_per_second,
+                new_streams_burst_per_ip: f64::from(config.limits.new_streams_burst_per_ip),
+                retry_after: config.limits.retry_after,
+            }),
             preamble: crate::sse::stream_preamble(config.sse.retry.as_millis() as u64),
             ready: AtomicBool::new(false),
             hub,
@@ -79,9 +92,12 @@ pub async fn serve_public(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Served {
-    let _ = peer;
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/events") => subscribe::handle(&state, &req),
+        (&Method::GET | &Method::HEAD, "/events") => {
+            let trusted = &state.config.server.trusted_proxies;
+            let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
+            subscribe::handle(&state, &req, client)
+        }
         (_, "/events") => response::method_not_allowed("GET, HEAD"),
         (&Method::POST, "/publish") => publish::handle(&state, req, Listener::Public).await,
         (_, "/publish") => response::method_not_allowed("POST"),

@@ -84,7 +84,7 @@ async fn publish(
             e.to_string(),
         )
         .retry_after(5),
-        HubError::ShuttingDown => {
+        HubError::ChannelFull(_) | HubError::ShuttingDown => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string()).retry_after(1)
         }
     })?;

@@ -1,6 +1,6 @@
 //! The body of a `text/event-stream` response: preamble, events, heartbeats, and an end
-//! of its own when the subscriber lags or the node shuts down (hyper never ends a
-//! streaming body on graceful shutdown: hyper#2787).
+//! of its own when the subscriber lags, its lifetime is up, or the node drains (hyper
+//! never ends a streaming body on graceful shutdown: hyper#2787).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,31 +11,44 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
+use rand::Rng;
 use tokio::time::{Instant, Sleep};
 
 use crate::hub::{Hub, Subscription, SubscriptionPoll};
+use crate::limits::StreamPermit;
 
-/// How heartbeats look on the wire; one shared buffer for every stream.
+/// Per-node stream settings, shared by every stream.
 #[derive(Clone)]
-pub struct Heartbeat {
-    pub interval: Duration,
-    pub bytes: Bytes,
+pub struct StreamSettings {
+    pub heartbeat_interval: Duration,
+    /// The heartbeat as it goes on the wire (a comment or a named event).
+    pub heartbeat: Bytes,
+    /// `sse.retry`, the base of the `retry:` hints sent when we end a stream.
+    pub retry: Duration,
+    /// `limits.max_connection_lifetime`; zero is unlimited.
+    pub max_lifetime: Duration,
+    pub lifetime_jitter: f64,
+    /// Streams end at a random moment within this window once the node drains.
+    pub drain_spread: Duration,
 }
 
 pub struct SseStream {
     subscription: Subscription,
     hub: Arc<Hub>,
+    settings: Arc<StreamSettings>,
     /// `retry:` line and opening comment, sent before anything else.
     preamble: Option<Bytes>,
-    heartbeat: Heartbeat,
     /// Fires when the stream has been idle for a heartbeat interval.
     idle_timer: Pin<Box<Sleep>>,
     /// When data was last written; the timer re-arms from it instead of being reset on
     /// every event, which keeps the hot path free of timer-wheel work.
     last_write: Instant,
+    /// When we will end the stream ourselves (lifetime or drain), and why.
+    end_timer: Option<(Pin<Box<Sleep>>, &'static str)>,
     /// Why the stream ended, for the disconnect metric (`client` unless we ended it).
     end_reason: &'static str,
     done: bool,
+    _permit: StreamPermit,
 }
 
 impl SseStream {
@@ -43,27 +56,61 @@ impl SseStream {
         hub: Arc<Hub>,
         subscription: Subscription,
         preamble: Bytes,
-        heartbeat: Heartbeat,
+        settings: Arc<StreamSettings>,
+        permit: StreamPermit,
     ) -> Self {
         hub.metrics().connections_open.inc();
         hub.metrics().connections_total.inc();
         let now = Instant::now();
+        let end_timer = (!settings.max_lifetime.is_zero()).then(|| {
+            let jitter = settings
+                .max_lifetime
+                .mul_f64(rand::rng().random_range(0.0..=settings.lifetime_jitter));
+            (
+                Box::pin(tokio::time::sleep_until(
+                    now + settings.max_lifetime + jitter,
+                )),
+                "lifetime",
+            )
+        });
         Self {
             subscription,
             hub,
             preamble: Some(preamble),
-            idle_timer: Box::pin(tokio::time::sleep_until(now + heartbeat.interval)),
-            heartbeat,
+            idle_timer: Box::pin(tokio::time::sleep_until(now + settings.heartbeat_interval)),
+            settings,
             last_write: now,
+            end_timer,
             end_reason: "client",
             done: false,
+            _permit: permit,
         }
     }
 
-    fn end(&mut self, reason: &'static str) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    /// Schedule the end of the stream for a random moment within the drain window.
+    fn schedule_drain(&mut self) {
+        if matches!(self.end_timer, Some((_, "shutdown"))) {
+            return;
+        }
+        let spread = self.settings.drain_spread;
+        let delay = spread.mul_f64(rand::rng().random_range(0.0..1.0));
+        self.end_timer = Some((Box::pin(tokio::time::sleep(delay)), "shutdown"));
+    }
+
+    /// The last frame of a stream we end: a `retry:` hint, jittered so that clients
+    /// ended together do not reconnect together.
+    fn farewell(&mut self, reason: &'static str) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.end_reason = reason;
         self.done = true;
-        Poll::Ready(None)
+        let base = self.settings.retry.as_millis() as u64;
+        let spread = if reason == "shutdown" {
+            self.settings.drain_spread.as_millis() as u64
+        } else {
+            base
+        };
+        let retry = base + rand::rng().random_range(0..=spread);
+        let hint = format!("retry: {retry}\n\n");
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(hint)))))
     }
 }
 
@@ -91,13 +138,21 @@ impl Body for SseStream {
             }
             SubscriptionPoll::Lagged => {
                 tracing::debug!("subscriber fell behind its queue; ending its stream");
-                return this.end("lagged");
+                this.end_reason = "lagged";
+                this.done = true;
+                return Poll::Ready(None);
             }
-            SubscriptionPoll::Closed => return this.end("shutdown"),
+            SubscriptionPoll::Closed => this.schedule_drain(),
             SubscriptionPoll::Pending => {}
         }
+        if let Some((timer, reason)) = &mut this.end_timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                let reason = *reason;
+                return this.farewell(reason);
+            }
+        }
         while this.idle_timer.as_mut().poll(cx).is_ready() {
-            let due = this.last_write + this.heartbeat.interval;
+            let due = this.last_write + this.settings.heartbeat_interval;
             if due > Instant::now() {
                 this.idle_timer.as_mut().reset(due);
                 continue;
@@ -105,9 +160,9 @@ impl Body for SseStream {
             this.last_write = Instant::now();
             this.idle_timer
                 .as_mut()
-                .reset(this.last_write + this.heartbeat.interval);
+                .reset(this.last_write + this.settings.heartbeat_interval);
             this.hub.metrics().heartbeats_sent.inc();
-            return Poll::Ready(Some(Ok(Frame::data(this.heartbeat.bytes.clone()))));
+            return Poll::Ready(Some(Ok(Frame::data(this.settings.heartbeat.clone()))));
         }
         Poll::Pending
     }

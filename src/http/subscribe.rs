@@ -6,7 +6,9 @@ use http_body_util::Either;
 use super::response::{ApiError, Body};
 use super::stream::SseStream;
 use super::AppState;
+use crate::limits::Refusal;
 use crate::validate;
+use std::net::IpAddr;
 
 /// What a subscribe request asks for, validated.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,42 +74,78 @@ pub fn parse<B>(
     })
 }
 
-pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
+pub fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Response<Body> {
+    match open(state, req, client) {
+        Ok(resp) => resp,
+        Err(e) => {
+            let metrics = state.hub.metrics();
+            metrics.requests_rejected.with_label_values(&[e.code]).inc();
+            e.into_response()
+        }
+    }
+}
+
+fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Response<Body>, ApiError> {
     let limits = &state.config.limits;
-    let request = match parse(
+    let request = parse(
         req,
         limits.max_channels_per_subscription,
         limits.max_channel_name_length,
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            state
-                .hub
-                .metrics()
-                .requests_rejected
-                .with_label_values(&[e.code])
-                .inc();
-            return e.into_response();
-        }
-    };
+    )?;
+    let retry_after = limits.retry_after.as_secs().max(1);
     if state.hub.is_closing() {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "the node is shutting down",
         )
-        .retry_after(1)
-        .into_response();
+        .retry_after(1));
     }
+    let permit = state.admission.admit(client).map_err(|refusal| {
+        let (status, message, secs) = match refusal {
+            Refusal::NodeFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node holds limits.max_connections ({}) streams",
+                    limits.max_connections
+                ),
+                retry_after,
+            ),
+            Refusal::TooManyFromIp => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this client holds limits.max_connections_per_ip ({}) streams",
+                    limits.max_connections_per_ip
+                ),
+                retry_after,
+            ),
+            Refusal::RateLimited { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new streams from this client (limits.new_streams_per_ip_per_second)"
+                    .to_string(),
+                retry_after_secs,
+            ),
+        };
+        ApiError::new(status, refusal.code(), message).retry_after(secs)
+    })?;
     let subscription = state
         .hub
-        .subscribe(&request.channels, request.last_event_id.as_deref());
+        .subscribe(&request.channels, request.last_event_id.as_deref())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "max_subscribers_per_channel",
+                e.to_string(),
+            )
+            .retry_after(retry_after)
+        })?;
     tracing::debug!(channels = ?request.channels, resumed = request.last_event_id.is_some(), "stream opened");
     let body = SseStream::new(
         state.hub.clone(),
         subscription,
         state.preamble.clone(),
-        state.heartbeat.clone(),
+        state.stream_settings.clone(),
+        permit,
     );
     let mut resp = Response::new(Either::Right(body));
     let headers = resp.headers_mut();
@@ -117,7 +155,7 @@ pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct HubSettings {
     pub subscriber_queue_events: usize,
     /// Channels that may exist at once (publishing to a new one beyond it is refused).
     pub max_channels: usize,
+    /// Subscribers one channel may have.
+    pub max_subscribers_per_channel: usize,
     /// Event type of the event sent when a resume cannot be served.
     pub reset_event: String,
 }
@@ -46,6 +48,7 @@ impl HubSettings {
             history_max_age: config.history.max_age,
             subscriber_queue_events: config.limits.subscriber_queue_events,
             max_channels: config.limits.max_channels,
+            max_subscribers_per_channel: config.limits.max_subscribers_per_channel,
             reset_event: config.sse.reset_event.clone(),
         }
     }
@@ -78,6 +81,8 @@ pub enum HubError {
     TooManyChannels(usize),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("channel {0:?} has the maximum number of subscribers")]
+    ChannelFull(String),
 }
 
 /// Per-channel figures for `/stats`.
@@ -227,7 +232,7 @@ impl Hub {
         self: &Arc<Self>,
         names: &[String],
         last_event_id: Option<&str>,
-    ) -> Subscription {
+    ) -> Result<Subscription, HubError> {
         let mut map = self.lock_map();
         let mut channels: Vec<Arc<Channel>> = Vec::with_capacity(names.len());
         for name in names {
@@ -248,6 +253,12 @@ impl Hub {
         let mut guards: Vec<MutexGuard<'_, ChannelState>> =
             channels.iter().map(|c| c.lock()).collect();
         drop(map);
+        if let Some(full) = guards
+            .iter()
+            .position(|g| g.subscribers >= self.settings.max_subscribers_per_channel)
+        {
+            return Err(HubError::ChannelFull(channels[full].name.to_string()));
+        }
         let last_seq = self.seq.load(Ordering::Acquire);
         let resume_from = last_event_id.map(parse_event_id);
         let mut reset: Option<(&'static str, Bytes)> = None;
@@ -288,7 +299,12 @@ impl Hub {
                 .with_label_values(&[reason])
                 .inc();
         }
-        Subscription::new(self.clone(), channels, positions, reset.map(|(_, b)| b))
+        Ok(Subscription::new(
+            self.clone(),
+            channels,
+            positions,
+            reset.map(|(_, b)| b),
+        ))
     }
 
     fn reset_event(&self, reason: &str, last_event_id: Option<&str>, last_seq: u64) -> Bytes {

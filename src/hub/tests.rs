@@ -13,6 +13,7 @@ fn settings(history: usize, queue: usize) -> HubSettings {
         history_max_age: Duration::from_secs(3600),
         subscriber_queue_events: queue,
         max_channels: 100,
+        max_subscribers_per_channel: 100,
         reset_event: "reset".into(),
     }
 }
@@ -69,7 +70,7 @@ fn drain(sub: &mut Subscription, waker: &Waker) -> (Vec<u64>, SubscriptionPoll, 
 #[test]
 fn publish_wakes_a_parked_subscriber_and_delivers_once() {
     let hub = hub(10, 10);
-    let mut sub = hub.subscribe(&names(&["a"]), None);
+    let mut sub = hub.subscribe(&names(&["a"]), None).unwrap();
     let counter = Arc::new(CountingWaker::default());
     let waker = Waker::from(counter.clone());
     assert_eq!(drain(&mut sub, &waker).1, SubscriptionPoll::Pending);
@@ -104,7 +105,9 @@ fn resume_replays_after_the_id_in_order_across_channels() {
         .filter(|p| p.channel != "c")
         .map(|p| p.id)
         .collect();
-    let mut sub = hub.subscribe(&names(&["b", "a"]), Some(&first.to_string()));
+    let mut sub = hub
+        .subscribe(&names(&["b", "a"]), Some(&first.to_string()))
+        .unwrap();
     let waker = Waker::noop().clone();
     let (got, _, text) = drain(&mut sub, &waker);
     assert_eq!(got, rest);
@@ -115,7 +118,9 @@ fn resume_replays_after_the_id_in_order_across_channels() {
 fn resume_from_the_latest_id_replays_nothing() {
     let hub = hub(10, 10);
     let last = hub.publish(&[ev("a", "0")]).unwrap()[0].id;
-    let mut sub = hub.subscribe(&names(&["a"]), Some(&last.to_string()));
+    let mut sub = hub
+        .subscribe(&names(&["a"]), Some(&last.to_string()))
+        .unwrap();
     let (got, end, _) = drain(&mut sub, Waker::noop());
     assert!(got.is_empty());
     assert_eq!(end, SubscriptionPoll::Pending);
@@ -134,7 +139,7 @@ fn unknown_or_evicted_ids_start_with_a_reset() {
         ("1".to_string(), "unknown_id"),
         (ids[0].to_string(), "history_exhausted"),
     ] {
-        let mut sub = hub.subscribe(&names(&["a"]), Some(&from));
+        let mut sub = hub.subscribe(&names(&["a"]), Some(&from)).unwrap();
         assert!(sub.starts_with_reset(), "{from}");
         let (got, _, text) = drain(&mut sub, Waker::noop());
         assert!(text.starts_with("event: reset\n"), "{text}");
@@ -146,19 +151,21 @@ fn unknown_or_evicted_ids_start_with_a_reset() {
         );
     }
     // The oldest retained event's predecessor is still a full resume.
-    let mut sub = hub.subscribe(&names(&["a"]), Some(&ids[1].to_string()));
+    let mut sub = hub
+        .subscribe(&names(&["a"]), Some(&ids[1].to_string()))
+        .unwrap();
     assert_eq!(drain(&mut sub, Waker::noop()).0, ids[2..].to_vec());
 }
 
 #[test]
 fn a_subscriber_further_behind_than_its_queue_lags() {
     let hub = hub(100, 4);
-    let mut sub = hub.subscribe(&names(&["a"]), None);
+    let mut sub = hub.subscribe(&names(&["a"]), None).unwrap();
     for i in 0..5 {
         hub.publish(&[ev("a", &i.to_string())]).unwrap();
     }
     assert_eq!(drain(&mut sub, Waker::noop()).1, SubscriptionPoll::Lagged);
-    let mut ok = hub.subscribe(&names(&["a"]), None);
+    let mut ok = hub.subscribe(&names(&["a"]), None).unwrap();
     for i in 0..4 {
         hub.publish(&[ev("a", &i.to_string())]).unwrap();
     }
@@ -171,7 +178,7 @@ fn sweep_removes_idle_channels_and_remembers_their_floor() {
     s.history_max_age = Duration::from_millis(1);
     let hub = Hub::new(s, Arc::new(Metrics::new()));
     let id = hub.publish(&[ev("gone", "x")]).unwrap()[0].id;
-    let kept = hub.subscribe(&names(&["kept"]), None);
+    let kept = hub.subscribe(&names(&["kept"]), None).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     hub.sweep();
     assert_eq!(
@@ -179,7 +186,9 @@ fn sweep_removes_idle_channels_and_remembers_their_floor() {
         1,
         "only the channel with a subscriber stays"
     );
-    let mut sub = hub.subscribe(&names(&["gone"]), Some(&(id - 1).to_string()));
+    let mut sub = hub
+        .subscribe(&names(&["gone"]), Some(&(id - 1).to_string()))
+        .unwrap();
     assert!(
         sub.starts_with_reset(),
         "its event aged out: the gap is reported"
@@ -194,7 +203,7 @@ fn sweep_removes_idle_channels_and_remembers_their_floor() {
 #[test]
 fn closing_ends_subscriptions_and_refuses_publishes() {
     let hub = hub(10, 10);
-    let mut sub = hub.subscribe(&names(&["a"]), None);
+    let mut sub = hub.subscribe(&names(&["a"]), None).unwrap();
     let counter = Arc::new(CountingWaker::default());
     let waker = Waker::from(counter.clone());
     drain(&mut sub, &waker);
@@ -202,6 +211,20 @@ fn closing_ends_subscriptions_and_refuses_publishes() {
     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
     assert_eq!(drain(&mut sub, &waker).1, SubscriptionPoll::Closed);
     assert_eq!(hub.publish(&[ev("a", "x")]), Err(HubError::ShuttingDown));
+}
+
+#[test]
+fn subscriber_limit_per_channel() {
+    let mut s = settings(10, 10);
+    s.max_subscribers_per_channel = 1;
+    let hub = Hub::new(s, Arc::new(Metrics::new()));
+    let first = hub.subscribe(&names(&["a"]), None).unwrap();
+    assert_eq!(
+        hub.subscribe(&names(&["b", "a"]), None).err(),
+        Some(HubError::ChannelFull("a".into()))
+    );
+    drop(first);
+    hub.subscribe(&names(&["b", "a"]), None).unwrap();
 }
 
 #[test]
@@ -223,7 +246,7 @@ fn channel_limit_refuses_new_channels_only() {
 fn merged_delivery_is_in_id_order_under_concurrent_publishing() {
     let hub = hub(100_000, 100_000);
     let channels = ["a", "b", "c"];
-    let mut sub = hub.subscribe(&names(&channels), None);
+    let mut sub = hub.subscribe(&names(&channels), None).unwrap();
     let per_thread = 3000;
     let publishers: Vec<_> = channels
         .iter()
