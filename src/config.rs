@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub demo_page: bool,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDR list).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Browser origins allowed to call the public listener cross-origin (exact match).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,8 +134,45 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Bearer keys accepted for `POST /publish`. See README "Publishing and keys".
+    /// Bearer keys accepted for `POST /publish` on every channel.
     pub publish_keys: Vec<String>,
+    /// Bearer keys limited to channel patterns.
+    pub scoped_publish_keys: Vec<ScopedKeyConfig>,
+    /// Channel patterns whose subscribers must present a token or ticket.
+    pub private_channels: Vec<String>,
+    /// Cookie that may carry a subscriber JWT (EventSource cannot set headers).
+    pub cookie_name: String,
+    /// How long a ticket from `POST /tickets` stays valid.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// Unused tickets held at once (503 beyond).
+    pub max_tickets: usize,
+    pub jwt: JwtConfig,
+}
+
+/// A publish key limited to some channels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedKeyConfig {
+    pub key: String,
+    pub channels: Vec<String>,
+}
+
+/// JWT verification; an empty `algorithm` turns JWT off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256`, `ES256`, or empty (off).
+    pub algorithm: String,
+    /// HS256 shared secret (at least 32 bytes); prefer `secret_file`.
+    pub secret: String,
+    pub secret_file: String,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: String,
+    /// Required `iss`, when non-empty.
+    pub issuer: String,
+    /// Required `aud`, when non-empty.
+    pub audience: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,6 +353,62 @@ impl Config {
                 ));
             }
         }
+        for (i, scoped) in self.auth.scoped_publish_keys.iter().enumerate() {
+            if scoped.key.len() < 16 {
+                return Err(invalid(
+                    "auth.scoped_publish_keys",
+                    format!("key #{i} is shorter than 16 characters"),
+                ));
+            }
+            if scoped.channels.is_empty() {
+                return Err(invalid(
+                    "auth.scoped_publish_keys",
+                    format!("key #{i} lists no channels"),
+                ));
+            }
+        }
+        if !self.auth.private_channels.is_empty() && self.auth.jwt.algorithm.is_empty() {
+            return Err(invalid(
+                "auth.private_channels",
+                "private channels need auth.jwt.algorithm to verify subscriber tokens",
+            ));
+        }
+        crate::auth::JwtVerifier::from_config(&self.auth.jwt)
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if self.auth.cookie_name.is_empty()
+            || !self
+                .auth
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "auth.cookie_name",
+                "must be letters, digits, _ or -",
+            ));
+        }
+        if self.auth.ticket_ttl.is_zero() || self.auth.ticket_ttl > Duration::from_secs(3600) {
+            return Err(invalid("auth.ticket_ttl", "must be between 1s and 1h"));
+        }
+        if self.auth.max_tickets == 0 {
+            return Err(invalid("auth.max_tickets", "must be greater than 0"));
+        }
+        for origin in &self.server.cors_allowed_origins {
+            if origin == "*" {
+                return Err(invalid(
+                    "server.cors_allowed_origins",
+                    "\"*\" is not allowed: credentials (cookies) are allowed, so list exact origins",
+                ));
+            }
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(invalid(
+                    "server.cors_allowed_origins",
+                    format!("{origin:?} is not an origin like \"https://app.example.com\""),
+                ));
+            }
+        }
         if self.backend.kind != "memory" {
             return Err(invalid(
                 "backend.kind",
@@ -345,8 +440,15 @@ impl Config {
     /// Publish keys are masked: this output ends up in terminals and tickets.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
+        let redacted = || "<redacted>".to_string();
         for key in &mut shown.auth.publish_keys {
-            *key = "<redacted>".to_string();
+            *key = redacted();
+        }
+        for scoped in &mut shown.auth.scoped_publish_keys {
+            scoped.key = redacted();
+        }
+        if !shown.auth.jwt.secret.is_empty() {
+            shown.auth.jwt.secret = redacted();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }

@@ -9,7 +9,8 @@
 //! - [`validate`] — rules for channel names, event types and data
 //! - [`publish`] — publish bodies (JSON, batch, form) into validated events
 //! - [`hub`] — channels, fan-out, history and seamless resume
-//! - [`auth`] — who may publish
+//! - [`auth`] — who may publish and read private channels: keys and JWTs
+//! - [`tickets`] — single-use subscribe tickets
 //! - [`client_ip`] — the client address behind trusted proxies
 //! - [`limits`] — admission of streams: global, per-IP and rate caps
 //! - [`write_timeout`] — ending connections whose writes stall
@@ -29,5 +30,6 @@ pub mod publish;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
+pub mod tickets;
 pub mod validate;
 pub mod write_timeout;

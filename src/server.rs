@@ -83,7 +83,7 @@ pub async fn run(
 
     let sweeper = tokio::spawn({
         let hub = hub.clone();
-        let admission = state.admission.clone();
+        let sweep_state = state.clone();
         let stop = stop_admin.clone();
         async move {
             let mut tick = tokio::time::interval(sweep_interval);
@@ -92,7 +92,8 @@ pub async fn run(
                 tokio::select! {
                     _ = tick.tick() => {
                         hub.sweep();
-                        admission.sweep();
+                        sweep_state.admission.sweep();
+                        sweep_state.tickets.sweep();
                     }
                     _ = stop.cancelled() => break,
                 }

@@ -2,10 +2,12 @@
 //! (metrics, health, stats, publish for private backends).
 
 mod admin;
+mod cors;
 mod publish;
 pub mod response;
 pub mod stream;
 mod subscribe;
+mod tickets;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::{Listener, PublishAuth};
+use crate::auth::{Authorizer, JwtVerifier, Listener};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{Admission, AdmissionLimits};
@@ -27,7 +29,8 @@ use stream::StreamSettings;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub config: Config,
-    pub auth: PublishAuth,
+    pub auth: Authorizer,
+    pub tickets: crate::tickets::Tickets,
     pub publish_limits: PublishLimits,
     pub stream_settings: Arc<StreamSettings>,
     pub admission: Arc<Admission>,
@@ -50,7 +53,14 @@ impl AppState {
             })
         };
         Self {
-            auth: PublishAuth::new(&config.auth.publish_keys, demo),
+            // Validated at config load, so a failure here cannot happen in practice;
+            // JWT stays off rather than panicking if it somehow does.
+            auth: Authorizer::new(
+                &config.auth,
+                JwtVerifier::from_config(&config.auth.jwt).ok().flatten(),
+                demo,
+            ),
+            tickets: crate::tickets::Tickets::new(config.auth.ticket_ttl, config.auth.max_tickets),
             publish_limits: PublishLimits {
                 max_channel_name_length: config.limits.max_channel_name_length,
                 max_event_type_length: config.limits.max_event_type_length,
@@ -92,7 +102,9 @@ pub async fn serve_public(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Served {
-    Ok(match (req.method(), req.uri().path()) {
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    let mut resp = match (req.method(), req.uri().path()) {
+        (&Method::OPTIONS, _) => cors::preflight(&state, origin.as_ref()),
         (&Method::GET | &Method::HEAD, "/events") => {
             let trusted = &state.config.server.trusted_proxies;
             let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
@@ -101,13 +113,17 @@ pub async fn serve_public(
         (_, "/events") => response::method_not_allowed("GET, HEAD"),
         (&Method::POST, "/publish") => publish::handle(&state, req, Listener::Public).await,
         (_, "/publish") => response::method_not_allowed("POST"),
+        (&Method::POST, "/tickets") => tickets::handle(&state, &req),
+        (_, "/tickets") => response::method_not_allowed("POST"),
         (&Method::GET, "/") if state.config.server.demo_page => response::full(
             StatusCode::OK,
             "text/html; charset=utf-8",
             Bytes::from_static(DEMO_PAGE.as_bytes()),
         ),
         _ => response::not_found(),
-    })
+    };
+    cors::decorate(&state, origin.as_ref(), &mut resp);
+    Ok(resp)
 }
 
 /// The operator listener: never exposed through the proxy.

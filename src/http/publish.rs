@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 
 use super::response::{self, ApiError, Body};
 use super::AppState;
-use crate::auth::{AuthError, Listener};
+use crate::auth::Listener;
 use crate::hub::HubError;
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
@@ -34,14 +34,11 @@ async fn publish(
     req: Request<Incoming>,
     listener: Listener,
 ) -> Result<Response<Body>, ApiError> {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    state
-        .auth
-        .check(listener, authorization)
-        .map_err(auth_error)?;
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let authorization = authorization.as_ref().map(|v| v.as_bytes());
+    // Refuse a missing or unknown credential before reading the body; the channels it
+    // grants are checked once the body is parsed.
+    state.auth.check_publish(listener, authorization, [])?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -77,6 +74,11 @@ async fn publish(
         })?
         .to_bytes();
     let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
+    state.auth.check_publish(
+        listener,
+        authorization,
+        events.iter().map(|e| e.channel.as_str()),
+    )?;
     let published = state.hub.publish(&events).map_err(|e| match e {
         HubError::TooManyChannels(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +87,7 @@ async fn publish(
         )
         .retry_after(5),
         HubError::ChannelFull(_) | HubError::ShuttingDown => {
+            // ChannelFull cannot happen on publish; both mean "not now".
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string()).retry_after(1)
         }
     })?;
@@ -99,18 +102,6 @@ async fn publish(
         _ => ids.into_iter().next().unwrap_or_default(),
     };
     Ok(response::json(StatusCode::OK, &body))
-}
-
-fn auth_error(e: AuthError) -> ApiError {
-    match e {
-        AuthError::MissingKey => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "missing_key", e.to_string())
-        }
-        AuthError::BadKey => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_key", e.to_string()),
-        AuthError::PublicPublishDisabled => {
-            ApiError::new(StatusCode::FORBIDDEN, "publish_disabled", e.to_string())
-        }
-    }
 }
 
 fn publish_error(e: PublishError) -> ApiError {

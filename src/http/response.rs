@@ -7,6 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::stream::SseStream;
+use crate::auth::AuthError;
 
 /// Every response body herald sends: a complete buffer, or a live event stream.
 pub type Body = Either<Full<Bytes>, SseStream>;
@@ -49,6 +50,20 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, code) = match &e {
+            AuthError::MissingKey => (StatusCode::UNAUTHORIZED, "missing_key"),
+            AuthError::BadKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
+            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden_channel"),
+            AuthError::PublicPublishDisabled => (StatusCode::FORBIDDEN, "publish_disabled"),
+            AuthError::MissingToken(_) => (StatusCode::UNAUTHORIZED, "missing_token"),
+            AuthError::BadToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

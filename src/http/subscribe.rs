@@ -6,6 +6,7 @@ use http_body_util::Either;
 use super::response::{ApiError, Body};
 use super::stream::SseStream;
 use super::AppState;
+use crate::auth::{bearer, AuthError, Grants};
 use crate::limits::Refusal;
 use crate::validate;
 use std::net::IpAddr;
@@ -15,6 +16,8 @@ use std::net::IpAddr;
 pub struct SubscribeRequest {
     pub channels: Vec<String>,
     pub last_event_id: Option<String>,
+    /// Single-use ticket from `POST /tickets`, for private channels.
+    pub ticket: Option<String>,
 }
 
 /// Longest `Last-Event-ID` we look at; ours are at most 20 digits.
@@ -27,6 +30,7 @@ pub fn parse<B>(
 ) -> Result<SubscribeRequest, ApiError> {
     let mut channels: Vec<String> = Vec::new();
     let mut query_last_id = None;
+    let mut ticket = None;
     for (key, value) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "channel" => {
@@ -43,6 +47,7 @@ pub fn parse<B>(
                 }
             }
             "lastEventId" => query_last_id = Some(value.into_owned()),
+            "ticket" => ticket = Some(value.into_owned()),
             // Anything else (cache busters such as `_=123`) is ignored.
             _ => {}
         }
@@ -71,6 +76,7 @@ pub fn parse<B>(
     Ok(SubscribeRequest {
         channels,
         last_event_id,
+        ticket,
     })
 }
 
@@ -92,6 +98,13 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
         limits.max_channels_per_subscription,
         limits.max_channel_name_length,
     )?;
+    let private = state.auth.private_among(&request.channels);
+    if !private.is_empty() {
+        let grants = subscriber_grants(state, req, request.ticket.as_deref(), private[0])?;
+        if let Some(denied) = grants.first_denied(private.iter().copied()) {
+            return Err(AuthError::Forbidden(denied.to_string()).into());
+        }
+    }
     let retry_after = limits.retry_after.as_secs().max(1);
     if state.hub.is_closing() {
         return Err(ApiError::new(
@@ -158,6 +171,50 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
     Ok(resp)
 }
 
+/// What the subscriber may read: from a ticket, else a JWT in the auth cookie, else a
+/// JWT in `Authorization: Bearer`. Tokens and tickets are never logged.
+fn subscriber_grants<B>(
+    state: &AppState,
+    req: &Request<B>,
+    ticket: Option<&str>,
+    first_private: &str,
+) -> Result<Grants, ApiError> {
+    if let Some(ticket) = ticket {
+        return state.tickets.redeem(ticket).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_ticket",
+                "unknown, used or expired ticket",
+            )
+        });
+    }
+    let token = cookie(req, &state.config.auth.cookie_name).or_else(|| {
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        bearer(authorization).and_then(|t| std::str::from_utf8(t).ok())
+    });
+    let token = token.ok_or_else(|| AuthError::MissingToken(first_private.to_string()))?;
+    let jwt = state
+        .auth
+        .jwt()
+        .ok_or_else(|| AuthError::MissingToken(first_private.to_string()))?;
+    Ok(jwt.verify(token)?.subscribe)
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +242,16 @@ mod tests {
         assert_eq!(r.last_event_id.as_deref(), Some("5"));
         let r = parse(&req("/events?channel=a&lastEventId=5", Some("9")), 16, 64).unwrap();
         assert_eq!(r.last_event_id.as_deref(), Some("9"), "header wins");
+    }
+
+    #[test]
+    fn cookies() {
+        let r = Request::get("/")
+            .header("Cookie", "a=1; herald_token=\"t.k.n\"; b=2")
+            .body(())
+            .unwrap();
+        assert_eq!(cookie(&r, "herald_token"), Some("t.k.n"));
+        assert_eq!(cookie(&r, "missing"), None);
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! `POST /tickets`: trade a subscriber JWT (Bearer) for a single-use ticket.
+
+use http::{header, Request, Response, StatusCode};
+
+use super::response::{self, ApiError, Body};
+use super::AppState;
+use crate::auth::{bearer, AuthError};
+
+pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
+    match issue(state, req) {
+        Ok(resp) => resp,
+        Err(e) => {
+            let metrics = state.hub.metrics();
+            metrics.requests_rejected.with_label_values(&[e.code]).inc();
+            e.into_response()
+        }
+    }
+}
+
+fn issue<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
+    let jwt = state.auth.jwt().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "tickets_disabled",
+            "tickets need auth.jwt to be configured",
+        )
+    })?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let token = bearer(authorization)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .ok_or(AuthError::MissingKey)?;
+    let grants = jwt.verify(token)?;
+    let ticket = state.tickets.issue(grants.subscribe).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_tickets",
+            e.to_string(),
+        )
+        .retry_after(1)
+    })?;
+    Ok(response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "ticket": ticket, "expires_in": state.tickets.ttl().as_secs() }),
+    ))
+}
