@@ -126,6 +126,8 @@ pub struct LimitsConfig {
     /// Events a subscriber may have pending before it is disconnected as too slow
     /// (the channel buffer is at least this long).
     pub subscriber_queue_events: usize,
+    /// Unread bytes a subscriber may have pending before it is disconnected as too slow.
+    pub subscriber_queue_bytes: usize,
     /// A request whose headers have not arrived by then is closed (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -280,7 +282,7 @@ impl Config {
             return Err(invalid("history.sweep_interval", "must be at least 10ms"));
         }
         let l = &self.limits;
-        let positive: [(&'static str, usize); 12] = [
+        let positive: [(&'static str, usize); 13] = [
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
             (
@@ -302,6 +304,7 @@ impl Config {
             ("limits.max_event_bytes", l.max_event_bytes),
             ("limits.max_batch_events", l.max_batch_events),
             ("limits.subscriber_queue_events", l.subscriber_queue_events),
+            ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -15,6 +15,9 @@ pub(super) struct Stored {
     pub at_ms: u64,
     /// The complete SSE message, shared by every subscriber.
     pub bytes: Bytes,
+    /// Bytes pushed to the channel before this event, so the bytes a subscriber has
+    /// unread are one subtraction away.
+    pub offset: u64,
 }
 
 pub(super) struct Channel {
@@ -44,6 +47,8 @@ pub(super) struct ChannelState {
     start_pos: u64,
     /// ID of the newest event that left the ring; resumes from below it have a gap.
     evicted_id: u64,
+    /// Bytes ever pushed (the offset the next event gets).
+    pushed_bytes: u64,
     pub subscribers: usize,
     /// Subscribers parked until the next push, keyed by slab index.
     waiters: Slab<Waker>,
@@ -91,11 +96,19 @@ impl ChannelState {
         self.ring.get(usize::try_from(index).ok()?)
     }
 
-    pub fn push(&mut self, event: Stored, capacity: usize) {
+    /// Append an event; `offset` is filled in here.
+    pub fn push(&mut self, mut event: Stored, capacity: usize) {
         while self.ring.len() >= capacity {
             self.evict_front();
         }
+        event.offset = self.pushed_bytes;
+        self.pushed_bytes += event.bytes.len() as u64;
         self.ring.push_back(event);
+    }
+
+    /// Bytes from absolute position `pos` to the end of the ring.
+    pub fn bytes_behind(&self, pos: u64) -> u64 {
+        self.get(pos).map_or(0, |e| self.pushed_bytes - e.offset)
     }
 
     fn evict_front(&mut self) {

@@ -33,6 +33,8 @@ pub struct HubSettings {
     pub history_max_age: Duration,
     /// A subscriber further behind than this is disconnected as too slow.
     pub subscriber_queue_events: usize,
+    /// A subscriber with more unread bytes than this is disconnected as too slow.
+    pub subscriber_queue_bytes: usize,
     /// Channels that may exist at once (publishing to a new one beyond it is refused).
     pub max_channels: usize,
     /// Subscribers one channel may have.
@@ -47,6 +49,7 @@ impl HubSettings {
             history_max_events: config.history.max_events,
             history_max_age: config.history.max_age,
             subscriber_queue_events: config.limits.subscriber_queue_events,
+            subscriber_queue_bytes: config.limits.subscriber_queue_bytes,
             max_channels: config.limits.max_channels,
             max_subscribers_per_channel: config.limits.max_subscribers_per_channel,
             reset_event: config.sse.reset_event.clone(),
@@ -208,6 +211,7 @@ impl Hub {
                         id,
                         at_ms: now,
                         bytes,
+                        offset: 0,
                     },
                     capacity,
                 );

@@ -6,7 +6,7 @@ use std::task::Context;
 
 use bytes::{Bytes, BytesMut};
 
-use super::channel::Channel;
+use super::channel::{Channel, ChannelState};
 use super::Hub;
 
 /// What a poll of a subscription produced.
@@ -36,6 +36,22 @@ pub struct Subscription {
     cursors: Vec<Cursor>,
     /// A reset event to send before anything else.
     reset: Option<Bytes>,
+}
+
+/// How far a subscriber may fall behind its channel before it is cut off.
+#[derive(Clone, Copy)]
+struct QueueLimit {
+    events: u64,
+    bytes: u64,
+}
+
+impl QueueLimit {
+    /// True when the cursor's unread events left the ring or exceed the limit.
+    fn exceeded_by(&self, c: &Cursor, g: &ChannelState) -> bool {
+        c.pos < g.start_pos()
+            || g.end_pos() - c.pos > self.events
+            || g.bytes_behind(c.pos) > self.bytes
+    }
 }
 
 /// Upper bound on the bytes gathered in one poll: one write's worth.
@@ -79,7 +95,10 @@ impl Subscription {
             out.extend_from_slice(&reset);
             produced += 1;
         }
-        let queue = self.hub.settings.subscriber_queue_events as u64;
+        let queue = QueueLimit {
+            events: self.hub.settings.subscriber_queue_events as u64,
+            bytes: self.hub.settings.subscriber_queue_bytes as u64,
+        };
         let result = if self.cursors.len() == 1 {
             poll_single(&mut self.cursors[0], cx, out, queue)
         } else {
@@ -93,9 +112,14 @@ impl Subscription {
     }
 }
 
-fn poll_single(c: &mut Cursor, cx: &mut Context<'_>, out: &mut BytesMut, queue: u64) -> Poll {
+fn poll_single(
+    c: &mut Cursor,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+    queue: QueueLimit,
+) -> Poll {
     let mut g = c.channel.lock();
-    if c.pos < g.start_pos() || g.end_pos() - c.pos > queue {
+    if queue.exceeded_by(c, &g) {
         return Poll::Lagged;
     }
     let mut n = 0;
@@ -125,7 +149,7 @@ fn poll_merged(
     cursors: &mut [Cursor],
     cx: &mut Context<'_>,
     out: &mut BytesMut,
-    queue: u64,
+    queue: QueueLimit,
 ) -> Poll {
     loop {
         let horizon = hub.seq.load(Ordering::Acquire);
@@ -136,7 +160,7 @@ fn poll_merged(
         let mut cutoff = u64::MAX;
         for (i, c) in cursors.iter_mut().enumerate() {
             let mut g = c.channel.lock();
-            if c.pos < g.start_pos() || g.end_pos() - c.pos > queue {
+            if queue.exceeded_by(c, &g) {
                 return Poll::Lagged;
             }
             let mut pos = c.pos;

@@ -12,6 +12,7 @@ fn settings(history: usize, queue: usize) -> HubSettings {
         history_max_events: history,
         history_max_age: Duration::from_secs(3600),
         subscriber_queue_events: queue,
+        subscriber_queue_bytes: 1 << 20,
         max_channels: 100,
         max_subscribers_per_channel: 100,
         reset_event: "reset".into(),
@@ -170,6 +171,19 @@ fn a_subscriber_further_behind_than_its_queue_lags() {
         hub.publish(&[ev("a", &i.to_string())]).unwrap();
     }
     assert_eq!(drain(&mut ok, Waker::noop()).0.len(), 4);
+}
+
+#[test]
+fn a_subscriber_with_too_many_unread_bytes_lags() {
+    let mut s = settings(100, 100);
+    s.subscriber_queue_bytes = 1000;
+    let hub = Hub::new(s, Arc::new(Metrics::new()));
+    let mut sub = hub.subscribe(&names(&["a"]), None).unwrap();
+    hub.publish(&[ev("a", &"x".repeat(900))]).unwrap();
+    assert_eq!(drain(&mut sub, Waker::noop()).0.len(), 1);
+    hub.publish(&[ev("a", &"x".repeat(600)), ev("a", &"x".repeat(600))])
+        .unwrap();
+    assert_eq!(drain(&mut sub, Waker::noop()).1, SubscriptionPoll::Lagged);
 }
 
 #[test]
