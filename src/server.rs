@@ -9,15 +9,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::http::direct::{self, FirstRequest, Prefixed};
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;
@@ -101,31 +105,34 @@ pub async fn run(
         }
     });
 
+    // Connections watch `closing`: on drain, hyper connections finish their current
+    // response and close; streams end themselves once the hub closes.
+    let closing = CancellationToken::new();
+    let accept_errors = hub.metrics().accept_errors.clone();
     let public = tokio::spawn(accept_loop(
         listeners.public,
         stop_public.clone(),
-        conn_limits,
-        hub.metrics().write_timeouts.clone(),
-        hub.metrics().accept_errors.clone(),
+        accept_errors.clone(),
         {
             let state = state.clone();
-            move |peer| {
-                let state = state.clone();
-                service_fn(move |req| http::serve_public(state.clone(), req, peer))
+            let closing = closing.clone();
+            move |stream, peer| {
+                serve_public_connection(state.clone(), stream, peer, conn_limits, closing.clone())
             }
         },
     ));
     let admin = tokio::spawn(accept_loop(
         listeners.admin,
         stop_admin.clone(),
-        conn_limits,
-        hub.metrics().write_timeouts.clone(),
-        hub.metrics().accept_errors.clone(),
+        accept_errors,
         {
             let state = state.clone();
-            move |_peer| {
+            let closing = closing.clone();
+            move |stream, _peer| {
+                let timeouts = state.hub.metrics().write_timeouts.clone();
                 let state = state.clone();
-                service_fn(move |req| http::serve_admin(state.clone(), req))
+                let service = service_fn(move |req| http::serve_admin(state.clone(), req));
+                serve_http(stream, service, conn_limits, timeouts, closing.clone())
             }
         },
     ));
@@ -133,16 +140,19 @@ pub async fn run(
     state.ready.store(true, Ordering::SeqCst);
     shutdown.await;
 
-    // Drain: not ready, no new connections, every stream told to end, then wait for the
-    // public connections to finish, bounded by the drain timeout. The admin listener keeps
-    // answering (readyz says 503) until the public side is done.
+    // Drain: not ready, no new connections, every stream told to end (spread over the
+    // drain window), then wait for the public connections to finish, bounded by the drain
+    // timeout. The admin listener keeps answering (readyz says 503) until then.
     info!(timeout = ?drain_timeout, open_streams = state.hub.metrics().connections_open.get(), "draining");
     state.ready.store(false, Ordering::SeqCst);
     stop_public.cancel();
     let public_conns = public.await.unwrap_or_default();
     hub.close();
-    let drained = tokio::time::timeout(drain_timeout, public_conns.shutdown()).await;
-    if drained.is_err() {
+    closing.cancel();
+    if tokio::time::timeout(drain_timeout, public_conns.wait())
+        .await
+        .is_err()
+    {
         warn!(
             open_streams = state.hub.metrics().connections_open.get(),
             "drain timeout reached; closing remaining connections"
@@ -150,7 +160,7 @@ pub async fn run(
     }
     stop_admin.cancel();
     let admin_conns = admin.await.unwrap_or_default();
-    let _ = tokio::time::timeout(Duration::from_millis(200), admin_conns.shutdown()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), admin_conns.wait()).await;
     let _ = sweeper.await;
     info!("stopped");
 }
@@ -163,31 +173,19 @@ struct ConnLimits {
     write_timeout: Duration,
 }
 
-/// Accept connections until `stop`, serving each with HTTP/1.1; returns the watcher of the
-/// connections still open, for the caller to drain.
-async fn accept_loop<S, F>(
+/// Accept connections until `stop` and serve each in a tracked task; the tracker is
+/// returned for the caller to wait on.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: CancellationToken,
-    limits: ConnLimits,
-    write_timeouts: prometheus::IntCounter,
-    accept_errors: prometheus::IntCounter,
-    make_service: F,
-) -> GracefulShutdown
+    accept_errors: IntCounter,
+    serve: F,
+) -> TaskTracker
 where
-    F: Fn(SocketAddr) -> S,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = http::response::Body>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    let connections = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
+    let tasks = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -204,14 +202,73 @@ where
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = WriteTimeout::new(stream, limits.write_timeout, write_timeouts.clone());
-        let conn = builder.serve_connection(TokioIo::new(io), make_service(peer));
-        let conn = connections.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tasks.spawn(serve(stream, peer));
     }
-    connections
+    tasks.close();
+    tasks
+}
+
+/// A public connection: its first request decides between the lean stream path and hyper.
+async fn serve_public_connection(
+    state: Arc<AppState>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnLimits,
+    closing: CancellationToken,
+) {
+    let first = tokio::select! {
+        first = direct::read_first_request(&mut stream, limits.max_header_bytes, limits.header_read_timeout) => first,
+        _ = closing.cancelled() => return,
+    };
+    match first {
+        FirstRequest::Subscribe(req) => direct::serve_subscription(state, stream, req, peer).await,
+        FirstRequest::Other(prefix) => {
+            let timeouts = state.hub.metrics().write_timeouts.clone();
+            let service = service_fn(move |req| http::serve_public(state.clone(), req, peer));
+            serve_http(
+                Prefixed::new(prefix, stream),
+                service,
+                limits,
+                timeouts,
+                closing,
+            )
+            .await
+        }
+        FirstRequest::TooLarge => direct::reject_too_large(stream).await,
+        FirstRequest::Gone => {}
+    }
+}
+
+/// Serve a connection with hyper's HTTP/1.1, shutting it down gracefully on `closing`.
+async fn serve_http<I, S>(
+    io: I,
+    service: S,
+    limits: ConnLimits,
+    write_timeouts: IntCounter,
+    closing: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = http::response::Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = WriteTimeout::new(io, limits.write_timeout, write_timeouts);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cors;
+pub mod direct;
 mod publish;
 pub mod response;
 pub mod stream;
@@ -106,9 +107,7 @@ pub async fn serve_public(
     let mut resp = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) => cors::preflight(&state, origin.as_ref()),
         (&Method::GET | &Method::HEAD, "/events") => {
-            let trusted = &state.config.server.trusted_proxies;
-            let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
-            subscribe::handle(&state, &req, client)
+            return Ok(subscribe_response(&state, &req, peer))
         }
         (_, "/events") => response::method_not_allowed("GET, HEAD"),
         (&Method::POST, "/publish") => publish::handle(&state, req, Listener::Public).await,
@@ -124,6 +123,19 @@ pub async fn serve_public(
     };
     cors::decorate(&state, origin.as_ref(), &mut resp);
     Ok(resp)
+}
+
+/// `GET /events`, whichever path the connection took (hyper or [`direct`]).
+pub fn subscribe_response<B>(
+    state: &AppState,
+    req: &Request<B>,
+    peer: SocketAddr,
+) -> response::Response<response::Body> {
+    let trusted = &state.config.server.trusted_proxies;
+    let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
+    let mut resp = subscribe::handle(state, req, client);
+    cors::decorate(state, req.headers().get(http::header::ORIGIN), &mut resp);
+    resp
 }
 
 /// The operator listener: never exposed through the proxy.

@@ -3,7 +3,8 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+pub use http::Response;
+use http::{header, HeaderValue, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::stream::SseStream;

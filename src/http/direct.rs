@@ -1,0 +1,355 @@
+//! The lean path for event streams. A connection's first request head is read and parsed
+//! here with `httparse`; a `GET /events` is answered directly on the socket, every other
+//! request goes to hyper together with the bytes already read.
+//!
+//! Why: a stream lives for hours, and hyper keeps an 8 KiB read buffer and a write buffer
+//! per connection for its whole life. Here the head buffer is freed once parsed, and a
+//! stream holds only its socket, its subscription and its timers; every wake-up writes
+//! whatever the subscriber has pending in one `write`.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{Method, Request, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::response::Body;
+use super::stream::SseStream;
+use super::AppState;
+
+/// What the first request head on a connection turned out to be.
+pub enum FirstRequest {
+    /// `GET /events...`: serve it here.
+    Subscribe(Request<()>),
+    /// Anything else (or a head httparse cannot take): hyper serves the connection,
+    /// starting with these bytes.
+    Other(Vec<u8>),
+    /// The head exceeded `limits.max_header_bytes`.
+    TooLarge,
+    /// The client went away or never completed its head in time.
+    Gone,
+}
+
+/// Most headers a direct subscribe request may carry; more go to hyper.
+const MAX_HEADERS: usize = 48;
+
+/// Read the first request head, within `timeout` and `max_bytes`.
+pub async fn read_first_request(
+    io: &mut TcpStream,
+    max_bytes: usize,
+    timeout: Duration,
+) -> FirstRequest {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let read_head = async {
+        loop {
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Request::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(_)) => return Some(classify(&parsed)),
+                Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Some(Err(true)),
+                Ok(httparse::Status::Partial) => continue,
+                Err(_) => return Some(Err(false)),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read_head).await {
+        Ok(Some(Ok(request))) => FirstRequest::Subscribe(request),
+        Ok(Some(Err(true))) => FirstRequest::TooLarge,
+        Ok(Some(Err(false))) => FirstRequest::Other(buf),
+        Ok(None) if !buf.is_empty() => FirstRequest::Other(buf),
+        Ok(None) | Err(_) => FirstRequest::Gone,
+    }
+}
+
+/// A parsed head that is a subscription becomes an `http::Request`; anything else
+/// (`Err(false)`) is left to hyper.
+fn classify(parsed: &httparse::Request<'_, '_>) -> Result<Request<()>, bool> {
+    let (Some("GET"), Some(path)) = (parsed.method, parsed.path) else {
+        return Err(false);
+    };
+    let is_events = path == "/events" || path.starts_with("/events?");
+    if !is_events {
+        return Err(false);
+    }
+    let mut builder =
+        Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .version(if parsed.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            });
+    for h in parsed.headers.iter() {
+        builder = builder.header(h.name, h.value);
+    }
+    // Invalid URIs or header values: hyper answers those with its own 400.
+    builder.body(()).map_err(|_| false)
+}
+
+/// Serve one subscription on `io` and close the connection when it ends.
+pub async fn serve_subscription(
+    state: Arc<AppState>,
+    mut io: TcpStream,
+    req: Request<()>,
+    peer: SocketAddr,
+) {
+    let chunked = req.version() == Version::HTTP_11;
+    let resp = super::subscribe_response(&state, &req, peer);
+    drop(req);
+    let (parts, body) = resp.into_parts();
+    let mut head = BytesMut::with_capacity(256);
+    write_head(&mut head, &parts, &body, chunked);
+    let write_timeout = state.config.limits.write_timeout;
+    let timeouts = state.hub.metrics().write_timeouts.clone();
+    match body {
+        Either::Left(full) => {
+            let mut out = head;
+            let Ok(collected) = http_body_util::BodyExt::collect(full).await;
+            out.put_slice(&collected.to_bytes());
+            let _ = write_within(&mut io, &out, write_timeout, &timeouts).await;
+        }
+        Either::Right(stream) => pump(io, stream, head, chunked, write_timeout, &timeouts).await,
+    }
+}
+
+fn write_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, chunked: bool) {
+    let status = parts.status;
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match body {
+        Either::Left(full) => {
+            let len = http_body::Body::size_hint(full).exact().unwrap_or(0);
+            out.put_slice(b"content-length: ");
+            out.put_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.put_slice(b"\r\nconnection: close\r\n");
+        }
+        Either::Right(_) if chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        Either::Right(_) => out.put_slice(b"connection: close\r\n"),
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// Stream events until the stream ends or the client goes away.
+async fn pump(
+    mut io: TcpStream,
+    mut stream: SseStream,
+    head: BytesMut,
+    chunked: bool,
+    write_timeout: Duration,
+    timeouts: &prometheus::IntCounter,
+) {
+    let mut pending = Some(head);
+    let mut probe = [0u8; 16];
+    loop {
+        let next = tokio::select! {
+            biased;
+            frames = poll_fn(|cx| collect_frames(&mut stream, cx)) => frames,
+            readable = io.readable() => {
+                // The client sends nothing after its request: readable means it closed
+                // (or sent junk, which is discarded).
+                match readable.and_then(|_| io.try_read(&mut probe)) {
+                    Ok(0) => return,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
+            }
+        };
+        let mut out = pending.take().unwrap_or_default();
+        let ended = match next {
+            Some(data) => {
+                frame_into(&mut out, &data, chunked);
+                false
+            }
+            None => {
+                if chunked {
+                    out.put_slice(b"0\r\n\r\n");
+                }
+                true
+            }
+        };
+        if write_within(&mut io, &out, write_timeout, timeouts)
+            .await
+            .is_err()
+            || ended
+        {
+            return;
+        }
+    }
+}
+
+/// Every frame the stream has ready, concatenated; `None` once the stream has ended.
+fn collect_frames(stream: &mut SseStream, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    let mut first: Option<Bytes> = None;
+    let mut more: Option<BytesMut> = None;
+    loop {
+        match Pin::new(&mut *stream).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                match (&first, &mut more) {
+                    (None, _) => first = Some(data),
+                    (Some(f), None) => {
+                        let mut buf = BytesMut::with_capacity(f.len() + data.len());
+                        buf.put_slice(f);
+                        buf.put_slice(&data);
+                        more = Some(buf);
+                    }
+                    (Some(_), Some(buf)) => buf.put_slice(&data),
+                }
+                if more.as_ref().is_some_and(|b| b.len() >= 64 * 1024) {
+                    break;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) if first.is_none() => {
+                return Poll::Ready(None)
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) | Poll::Pending => break,
+        }
+    }
+    match (first, more) {
+        (_, Some(buf)) => Poll::Ready(Some(buf.freeze())),
+        (Some(f), None) => Poll::Ready(Some(f)),
+        (None, None) => Poll::Pending,
+    }
+}
+
+fn frame_into(out: &mut BytesMut, data: &[u8], chunked: bool) {
+    if chunked {
+        out.reserve(data.len() + 12);
+        out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.put_slice(data);
+        out.put_slice(b"\r\n");
+    } else {
+        out.put_slice(data);
+    }
+}
+
+/// Write all of `buf`, failing if the socket accepts nothing for `timeout`. The common
+/// case (the kernel takes it all at once) costs one `write` and no timer.
+async fn write_within(
+    io: &mut TcpStream,
+    buf: &[u8],
+    timeout: Duration,
+    timeouts: &prometheus::IntCounter,
+) -> io::Result<()> {
+    let written = match io.try_write(buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == buf.len() {
+        return Ok(());
+    }
+    let mut rest = &buf[written..];
+    while !rest.is_empty() {
+        match tokio::time::timeout(timeout, io.write(rest)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                timeouts.inc();
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A socket whose first reads return bytes already taken from it, so hyper sees the
+/// request head that was read here.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self {
+            prefix: Bytes::from(prefix),
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The fixed answer to a head over `limits.max_header_bytes`.
+pub async fn reject_too_large(mut io: TcpStream) {
+    let body = br#"{"error":"header_too_large","message":"the request head exceeds limits.max_header_bytes"}"#;
+    let head = format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = io.write_all(head.as_bytes()).await;
+    let _ = io.write_all(body).await;
+    let _ = io.shutdown().await;
+}
