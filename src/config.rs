@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Browser origins allowed to call the public listener cross-origin (exact match).
     pub cors_allowed_origins: Vec<String>,
+    /// Accept queue length of both listeners (the kernel caps it at net.core.somaxconn).
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -191,6 +193,14 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// OTLP/HTTP (protobuf) traces URL, used verbatim (it must include `/v1/traces`);
+    /// empty turns trace export off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported resource, how a tracing backend groups our spans.
+    pub service_name: String,
+    /// Fraction of traces exported (0..=1): spans cost an export per request, so a
+    /// busy broker keeps a sample.
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +251,9 @@ impl Config {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("auth.publish_keys")
+                .with_list_parse_key("auth.private_channels")
+                .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("server.cors_allowed_origins")
                 .try_parsing(true)
                 .source(Some(env)),
         );
@@ -264,6 +277,9 @@ impl Config {
                 "server.admin_listen",
                 "must differ from server.listen",
             ));
+        }
+        if self.server.listen_backlog == 0 {
+            return Err(invalid("server.listen_backlog", "must be greater than 0"));
         }
         if self.sse.heartbeat_interval < Duration::from_millis(100) {
             return Err(invalid("sse.heartbeat_interval", "must be at least 100ms"));
@@ -433,6 +449,16 @@ impl Config {
                 "not a valid filter directive",
             ));
         }
+        if !self.telemetry.otlp_endpoint.is_empty() {
+            crate::telemetry::check_otlp_endpoint(&self.telemetry.otlp_endpoint)
+                .map_err(|r| invalid("telemetry.otlp_endpoint", r))?;
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0 and 1"));
+        }
         if self.shutdown.drain_timeout.is_zero() {
             return Err(invalid("shutdown.drain_timeout", "must be greater than 0"));
         }
@@ -495,6 +521,7 @@ mod tests {
                     "HERALD_AUTH__PUBLISH_KEYS",
                     "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb",
                 ),
+                ("HERALD_SERVER__TRUSTED_PROXIES", "127.0.0.1/32,10.0.0.0/8"),
                 ("HERALD_UNRELATED", "ignored"),
             ]),
         )
@@ -502,6 +529,7 @@ mod tests {
         assert_eq!(c.sse.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.sse.retry, Duration::from_secs(1));
         assert_eq!(c.auth.publish_keys.len(), 2);
+        assert_eq!(c.server.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! - [`http`] — the public and admin routers and the event-stream body
 //! - [`metrics`] — every Prometheus metric, named in one place
 //! - [`server`] — accept loops, sweeper and graceful drain
-//! - [`telemetry`] — logging
+//! - [`telemetry`] — logs and OpenTelemetry trace export
 
 pub mod auth;
 pub mod client_ip;

@@ -48,7 +48,8 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    herald::telemetry::init(&config.telemetry);
+    // Kept until the server has stopped: shutting it down flushes queued spans.
+    let telemetry = herald::telemetry::init(&config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,7 +60,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config, RunOptions { demo: cli.demo }))
+    let status = runtime.block_on(serve(config, RunOptions { demo: cli.demo }));
+    // Outside the runtime now, so the blocking exporter may run here.
+    telemetry.shutdown();
+    status
 }
 
 async fn serve(config: Config, options: RunOptions) -> ExitCode {

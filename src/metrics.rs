@@ -6,6 +6,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open SSE streams.
     pub connections_open: IntGauge,
+    /// `limits.max_connections`, so dashboards and alerts can relate the two.
+    pub connections_limit: IntGauge,
     /// SSE streams ever opened.
     pub connections_total: IntCounter,
     /// Streams ended, by reason: `client` (went away), `lagged` (too slow), `shutdown`.
@@ -53,6 +55,10 @@ impl Metrics {
         };
         Self {
             connections_open: gauge("herald_connections_open", "Open SSE streams."),
+            connections_limit: gauge(
+                "herald_connections_limit",
+                "Configured limits.max_connections.",
+            ),
             connections_total: counter("herald_connections_total", "SSE streams opened."),
             disconnects: counter_vec(
                 "herald_disconnects_total",

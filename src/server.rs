@@ -15,7 +15,7 @@ use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -43,25 +43,29 @@ pub struct Listeners {
 impl Listeners {
     /// Bind the addresses of `server.listen` and `server.admin_listen`.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let public = TcpListener::bind(config.server.listen).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot bind server.listen {}: {e}", config.server.listen),
-            )
-        })?;
-        let admin = TcpListener::bind(config.server.admin_listen)
-            .await
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot bind server.admin_listen {}: {e}",
-                        config.server.admin_listen
-                    ),
-                )
-            })?;
-        Ok(Self { public, admin })
+        let backlog = config.server.listen_backlog;
+        Ok(Self {
+            public: bind(config.server.listen, backlog, "server.listen")?,
+            admin: bind(config.server.admin_listen, backlog, "server.admin_listen")?,
+        })
     }
+}
+
+/// Bind with an explicit accept backlog: tokio's `TcpListener::bind` fixes it at 128,
+/// which drops connections in a reconnect storm (the kernel caps it at somaxconn).
+fn bind(addr: SocketAddr, backlog: u32, key: &str) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(backlog)
+        })
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {key} {addr}: {e}")))
 }
 
 /// Serve until `shutdown` completes, then drain within `shutdown.drain_timeout`.
@@ -72,6 +76,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .connections_limit
+        .set(config.limits.max_connections as i64);
     let hub = Hub::new(HubSettings::from_config(&config), metrics);
     let drain_timeout = config.shutdown.drain_timeout;
     let sweep_interval = config.history.sweep_interval;

@@ -10,6 +10,8 @@ use crate::auth::Listener;
 use crate::hub::HubError;
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
+// Span fields are names and counts only: never the Authorization header or the body.
+#[tracing::instrument(name = "publish", skip_all, fields(?listener, channel, events, error))]
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
@@ -18,6 +20,7 @@ pub async fn handle(
     match publish(state, req, listener).await {
         Ok(resp) => resp,
         Err(e) => {
+            tracing::Span::current().record("error", e.code);
             state
                 .hub
                 .metrics()
@@ -74,6 +77,13 @@ async fn publish(
         })?
         .to_bytes();
     let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
+    let span = tracing::Span::current();
+    span.record("events", events.len() as i64);
+    if let Some(first) = events.first() {
+        if events.iter().all(|e| e.channel == first.channel) {
+            span.record("channel", first.channel.as_str());
+        }
+    }
     state.auth.check_publish(
         listener,
         authorization,

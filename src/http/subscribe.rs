@@ -80,10 +80,14 @@ pub fn parse<B>(
     })
 }
 
+// Span fields are channel names and counts only: never the query string (tickets) or
+// credentials.
+#[tracing::instrument(name = "subscribe", skip_all, fields(channel, channels, error))]
 pub fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Response<Body> {
     match open(state, req, client) {
         Ok(resp) => resp,
         Err(e) => {
+            tracing::Span::current().record("error", e.code);
             let metrics = state.hub.metrics();
             metrics.requests_rejected.with_label_values(&[e.code]).inc();
             e.into_response()
@@ -98,6 +102,9 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
         limits.max_channels_per_subscription,
         limits.max_channel_name_length,
     )?;
+    let span = tracing::Span::current();
+    span.record("channel", request.channels.join(",").as_str());
+    span.record("channels", request.channels.len() as i64);
     let private = state.auth.private_among(&request.channels);
     if !private.is_empty() {
         let grants = subscriber_grants(state, req, request.ticket.as_deref(), private[0])?;

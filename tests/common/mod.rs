@@ -1,6 +1,12 @@
 //! Shared test harness: a real herald on loopback port 0, in process or as the binary.
 #![allow(dead_code)]
 
+pub mod client;
+pub mod sse_parser;
+
+#[allow(unused_imports)]
+pub use client::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +95,11 @@ impl HeraldProcess {
     /// Start `herald --config FILE` where FILE holds `extra_toml` plus loopback port-0
     /// listeners and JSON logs; waits for the "herald listening" line (10 s deadline).
     pub fn spawn(extra_toml: &str, args: &[&str]) -> Self {
+        Self::spawn_with_env(extra_toml, args, &[])
+    }
+
+    /// [`HeraldProcess::spawn`] with extra environment variables (`HERALD_*` overrides).
+    pub fn spawn_with_env(extra_toml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herald.toml");
         let has_server = extra_toml.contains("[server]");
@@ -106,6 +117,7 @@ impl HeraldProcess {
             .arg("--config")
             .arg(&file)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -169,6 +181,28 @@ impl HeraldProcess {
         }
         None
     }
+
+    /// [`HeraldProcess::wait_exit`] without blocking the async runtime.
+    pub async fn wait_exit_async(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if start.elapsed() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
 }
 
 impl Drop for HeraldProcess {
@@ -194,4 +228,28 @@ pub async fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     check()
+}
+
+/// Poll an async `check` until it returns true or `deadline` passes.
+pub async fn wait_for<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check().await
+}
+
+/// [`test_config`] with a short drain: streams still open at `stop()` are ended within
+/// 0.7 × `shutdown.drain_timeout` (at random moments), so tests stop quickly.
+pub fn quick_config() -> Config {
+    let mut c = test_config();
+    c.shutdown.drain_timeout = Duration::from_millis(500);
+    c
 }

@@ -1,0 +1,512 @@
+//! One run: start the worker processes, wait for their streams, settle, publish, drain,
+//! stop the workers and build the report. Every phase ends by a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::rc::Rc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::procfs::{self, Sample};
+use crate::publisher::{self, Plan, Totals};
+use crate::report::{self, Report, Settings, Target};
+use crate::stats::{add_buckets, histogram, Counters, Frame, Percentiles};
+use crate::wire::Endpoint;
+use crate::worker::WorkerSpec;
+use crate::RunArgs;
+
+/// Descriptors a worker keeps for itself (stdio, runtime, listener-less sockets).
+const FD_RESERVE: u64 = 256;
+/// How often workers report.
+const REPORT_MS: u64 = 200;
+/// How long workers get to send their last frame and exit after `stop`.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// Extra time publishers get to finish the request in flight when the window ends.
+const PUBLISH_FINISH: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Frame(usize, Frame),
+    /// The worker's stdout closed (it exited).
+    Gone(usize),
+}
+
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+/// What the coordinator knows, merged from the workers' frames.
+struct Aggregate {
+    started: Instant,
+    latest: Vec<Counters>,
+    ready: Vec<bool>,
+    gone: Vec<bool>,
+    finals: Vec<bool>,
+    per_channel: Vec<u64>,
+    latency: Histogram<u64>,
+    /// Latencies since the last progress line.
+    interval: Histogram<u64>,
+    connect: Histogram<u64>,
+    failures: BTreeMap<String, u64>,
+    last_unique: u64,
+    last_unique_change: Instant,
+    phase: &'static str,
+    next_print: Instant,
+    printed_delivered: u64,
+    printed_published: u64,
+    printed_at: Instant,
+}
+
+impl Aggregate {
+    fn new(workers: usize, channels: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            latest: vec![Counters::default(); workers],
+            ready: vec![false; workers],
+            gone: vec![false; workers],
+            finals: vec![false; workers],
+            per_channel: vec![0; channels],
+            latency: histogram(),
+            interval: histogram(),
+            connect: histogram(),
+            failures: BTreeMap::new(),
+            last_unique: 0,
+            last_unique_change: now,
+            phase: "open",
+            next_print: now + Duration::from_secs(1),
+            printed_delivered: 0,
+            printed_published: 0,
+            printed_at: now,
+        }
+    }
+
+    fn totals(&self) -> Counters {
+        let mut t = Counters::default();
+        for c in &self.latest {
+            t.add(c);
+        }
+        t
+    }
+
+    fn all(&self, flags: &[bool]) -> bool {
+        flags.iter().zip(&self.gone).all(|(f, g)| *f || *g)
+    }
+
+    fn absorb(&mut self, msg: Msg) {
+        match msg {
+            Msg::Gone(w) => self.gone[w] = true,
+            Msg::Frame(w, frame) => match frame {
+                Frame::Progress { counters, latency } => {
+                    add_buckets(&mut self.latency, &latency);
+                    add_buckets(&mut self.interval, &latency);
+                    self.latest[w] = counters;
+                }
+                Frame::Ready {
+                    counters,
+                    per_channel,
+                } => {
+                    for (total, n) in self.per_channel.iter_mut().zip(per_channel) {
+                        *total += u64::from(n);
+                    }
+                    self.latest[w] = counters;
+                    self.ready[w] = true;
+                }
+                Frame::Final {
+                    counters,
+                    latency,
+                    connect,
+                    failures,
+                } => {
+                    add_buckets(&mut self.latency, &latency);
+                    add_buckets(&mut self.connect, &connect);
+                    for (k, v) in failures {
+                        *self.failures.entry(k).or_default() += v;
+                    }
+                    self.latest[w] = counters;
+                    self.finals[w] = true;
+                }
+            },
+        }
+        let unique = self.totals().unique;
+        if unique != self.last_unique {
+            self.last_unique = unique;
+            self.last_unique_change = Instant::now();
+        }
+    }
+
+    fn print_progress(&mut self, published: u64) {
+        let now = Instant::now();
+        let secs = now.duration_since(self.printed_at).as_secs_f64().max(1e-3);
+        let t = self.totals();
+        let p = Percentiles::of(&self.interval);
+        eprintln!(
+            "[{:6.1}s] {:<7} streams {} ok, {} failed, {} dropped | published {} ({:.0}/s) | delivered {} ({:.0}/s) | p50 {:.2} ms p99 {:.2} ms",
+            now.duration_since(self.started).as_secs_f64(),
+            self.phase,
+            t.connected,
+            t.failed,
+            t.dropped,
+            published,
+            (published - self.printed_published) as f64 / secs,
+            t.unique,
+            t.unique.saturating_sub(self.printed_delivered) as f64 / secs,
+            p.p50,
+            p.p99,
+        );
+        self.interval.reset();
+        self.printed_delivered = t.unique;
+        self.printed_published = published;
+        self.printed_at = now;
+        self.next_print = now + Duration::from_secs(1);
+    }
+}
+
+/// Absorb worker frames and print progress until `done` or the deadline.
+async fn pump(
+    agg: &mut Aggregate,
+    rx: &mut mpsc::Receiver<Msg>,
+    totals: &Totals,
+    deadline: Instant,
+    mut done: impl FnMut(&Aggregate) -> bool,
+) {
+    let mut open = true;
+    while !done(agg) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = tokio::time::sleep_until(agg.next_print) => agg.print_progress(totals.events.get()),
+            msg = rx.recv(), if open => match msg {
+                Some(m) => agg.absorb(m),
+                None => open = false,
+            },
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let report = local.block_on(&runtime, execute(&args))?;
+    println!("{}", report::table(&report));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn spawn_workers(
+    args: &RunArgs,
+    count: usize,
+    tx: &mpsc::Sender<Msg>,
+) -> anyhow::Result<Vec<Worker>> {
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::with_capacity(count);
+    for index in 0..count {
+        let spec = WorkerSpec {
+            index,
+            count,
+            subscribers: args.subscribers,
+            channels: args.channels,
+            channel_prefix: args.channel_prefix.clone(),
+            subscribe_url: args.subscribe_url.clone(),
+            connect_rate: args.connect_rate / count as f64,
+            connect_timeout_ms: (args.connect_timeout * 1000.0) as u64,
+            report_ms: REPORT_MS,
+        };
+        let mut child = Command::new(&exe)
+            .arg("worker")
+            .arg("--spec")
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Frame>(&line) {
+                    Ok(frame) => {
+                        if tx.blocking_send(Msg::Frame(index, frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("worker {index}: {line}"),
+                }
+            }
+            let _ = tx.blocking_send(Msg::Gone(index));
+        });
+        workers.push(Worker {
+            stdin: child.stdin.take(),
+            child,
+        });
+    }
+    Ok(workers)
+}
+
+/// The broker's sample, or the error that stopped it.
+fn sample_target(pids: &[u32]) -> Result<Sample, String> {
+    procfs::sample(pids).map_err(|e| e.to_string())
+}
+
+/// CPU time of this process and its workers.
+fn tool_cpu_us(workers: &[Worker]) -> u64 {
+    let me = procfs::sample_self().map(|s| s.cpu_us).unwrap_or(0);
+    let pids: Vec<u32> = workers.iter().map(|w| w.child.id()).collect();
+    me + pids
+        .iter()
+        .filter_map(|&p| procfs::sample(&[p]).ok())
+        .map(|s| s.cpu_us)
+        .sum::<u64>()
+}
+
+async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
+    let fd_limit = crate::raise_fd_limit();
+    let per_worker = (args.per_worker as u64)
+        .min(fd_limit.saturating_sub(FD_RESERVE))
+        .max(1) as usize;
+    let worker_count = args.subscribers.div_ceil(per_worker);
+    let pids = &args.target_pids;
+    let watch = !pids.is_empty();
+    let before = if watch {
+        Some(sample_target(pids))
+    } else {
+        None
+    };
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(1024);
+    let mut workers = spawn_workers(args, worker_count, &tx)?;
+    drop(tx);
+    let totals = Rc::new(Totals::new(args.channels));
+    let mut agg = Aggregate::new(worker_count, args.channels);
+    eprintln!(
+        "herald-bench: {} streams over {} channel(s) in {} worker(s), connect rate {}/s",
+        args.subscribers, args.channels, worker_count, args.connect_rate
+    );
+
+    // Open the streams.
+    let open_secs = if args.connect_rate > 0.0 {
+        args.subscribers as f64 / args.connect_rate
+    } else {
+        0.0
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(open_secs + args.connect_timeout + 5.0);
+    pump(&mut agg, &mut rx, &totals, deadline, |a| a.all(&a.ready)).await;
+    if !agg.all(&agg.ready) {
+        eprintln!("herald-bench: not every worker finished opening its streams in time");
+    }
+    agg.phase = "settle";
+    let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
+    pump(&mut agg, &mut rx, &totals, deadline, |_| false).await;
+    let connected_sample = if watch {
+        Some(sample_target(pids))
+    } else {
+        None
+    };
+
+    // Publish (or hold the streams).
+    agg.phase = if args.publishes() { "publish" } else { "hold" };
+    let window_start = Instant::now();
+    let tool_start = tool_cpu_us(&workers);
+    let target_start = if watch {
+        Some(sample_target(pids))
+    } else {
+        None
+    };
+    let unique_at_start = agg.totals().unique;
+    let window_end = window_start + Duration::from_secs_f64(args.duration);
+    if args.publishes() {
+        let plan = Rc::new(Plan {
+            endpoint: Endpoint::parse(&args.publish_url).map_err(anyhow::Error::msg)?,
+            format: args.publish_format,
+            channels: args.channels,
+            channel_prefix: args.channel_prefix.clone(),
+            rate: (!args.flood).then_some(args.rate),
+            batch: args.batch,
+            connections: args.publish_connections,
+            payload_bytes: args.payload_bytes,
+            start: window_start,
+            end: window_end,
+        });
+        let handles: Vec<_> = (0..args.publish_connections)
+            .map(|p| {
+                tokio::task::spawn_local(publisher::publisher(p, plan.clone(), totals.clone()))
+            })
+            .collect();
+        pump(&mut agg, &mut rx, &totals, window_end, |_| false).await;
+        let all_done = || totals.finished.get() == args.publish_connections;
+        pump(
+            &mut agg,
+            &mut rx,
+            &totals,
+            window_end + PUBLISH_FINISH,
+            |_| all_done(),
+        )
+        .await;
+        for h in handles {
+            h.abort();
+        }
+    } else {
+        pump(&mut agg, &mut rx, &totals, window_end, |_| false).await;
+    }
+
+    // Drain: wait for every owed delivery, or the grace period.
+    let expected: u64 = totals
+        .per_channel
+        .borrow()
+        .iter()
+        .zip(&agg.per_channel)
+        .map(|(published, streams)| published * streams)
+        .sum();
+    if args.publishes() && args.subscribers > 0 {
+        agg.phase = "drain";
+        let deadline = Instant::now() + Duration::from_secs_f64(args.grace);
+        let goal = unique_at_start + expected;
+        pump(&mut agg, &mut rx, &totals, deadline, |a| {
+            a.totals().unique >= goal
+        })
+        .await;
+    }
+    let window = Instant::now().duration_since(window_start).as_secs_f64();
+    let tool_end = tool_cpu_us(&workers);
+    let target_end = if watch {
+        Some(sample_target(pids))
+    } else {
+        None
+    };
+
+    // Stop the workers and collect their last frames.
+    agg.phase = "stop";
+    for w in &mut workers {
+        if let Some(mut stdin) = w.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+    }
+    let deadline = Instant::now() + STOP_DEADLINE;
+    pump(&mut agg, &mut rx, &totals, deadline, |a| a.all(&a.finals)).await;
+    for (w, finished) in workers.iter_mut().zip(&agg.finals) {
+        if !finished {
+            let _ = w.child.kill();
+        }
+        let _ = w.child.wait();
+    }
+    if agg.finals.iter().any(|f| !f) {
+        eprintln!("herald-bench: some workers ended without a final report; counts may be short");
+    }
+
+    let t = agg.totals();
+    let delivered = t.unique.saturating_sub(unique_at_start);
+    let delivery_window = if args.publishes() {
+        agg.last_unique_change
+            .duration_since(window_start)
+            .as_secs_f64()
+            .max(args.duration)
+    } else {
+        args.duration
+    };
+    let target = before.map(|before| {
+        build_target(
+            pids,
+            before,
+            connected_sample,
+            target_start,
+            target_end,
+            t.connected,
+            delivered,
+            totals.events.get(),
+            window,
+        )
+    });
+    let publish_failures = totals.failures.borrow().clone();
+    Ok(Report {
+        label: args.label.clone(),
+        broker: args.broker.clone(),
+        settings: Settings {
+            subscribe_url: args.subscribe_url.clone(),
+            publish_url: args.publish_url.clone(),
+            publish_format: format!("{:?}", args.publish_format).to_lowercase(),
+            channels: args.channels,
+            subscribers: args.subscribers,
+            rate: args.rate,
+            flood: args.flood,
+            duration_s: args.duration,
+            payload_bytes: args.payload_bytes,
+            batch: args.batch,
+            publish_connections: args.publish_connections,
+            connect_rate: args.connect_rate,
+        },
+        connected: t.connected,
+        failed: t.failed,
+        dropped: t.dropped,
+        failures: agg.failures.clone(),
+        connect_ms: Percentiles::of(&agg.connect),
+        published: totals.events.get(),
+        publish_requests: totals.requests.get(),
+        publish_errors: totals.errors.get(),
+        publish_failures,
+        publish_per_sec: totals.events.get() as f64 / args.duration,
+        expected,
+        delivered,
+        missing: expected.saturating_sub(delivered),
+        duplicates: t.duplicates,
+        gaps: t.gaps,
+        foreign: t.foreign,
+        delivered_per_sec: delivered as f64 / delivery_window,
+        delivery_window_s: delivery_window,
+        latency_ms: Percentiles::of(&agg.latency),
+        target,
+        load_cpu_percent: tool_end.saturating_sub(tool_start) as f64 / 1e6 / window * 100.0,
+        workers: worker_count,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_target(
+    pids: &[u32],
+    before: Result<Sample, String>,
+    connected: Option<Result<Sample, String>>,
+    start: Option<Result<Sample, String>>,
+    end: Option<Result<Sample, String>>,
+    streams: u64,
+    delivered: u64,
+    published: u64,
+    window_s: f64,
+) -> Target {
+    let mut t = Target {
+        pids: pids.to_vec(),
+        ..Target::default()
+    };
+    let samples = (|| -> Result<[Sample; 4], String> {
+        Ok([
+            before?,
+            connected.ok_or("no sample")??,
+            start.ok_or("no sample")??,
+            end.ok_or("no sample")??,
+        ])
+    })();
+    match samples {
+        Err(e) => t.error = Some(e),
+        Ok([before, connected, start, end]) => {
+            t.rss_before_kib = before.rss_kib;
+            t.rss_connected_kib = connected.rss_kib;
+            t.rss_end_kib = end.rss_kib;
+            t.rss_growth_kib = connected.rss_kib as i64 - before.rss_kib as i64;
+            if streams > 0 {
+                t.rss_per_subscriber_kib = t.rss_growth_kib as f64 / streams as f64;
+            }
+            let cpu_us = end.cpu_us.saturating_sub(start.cpu_us) as f64;
+            t.cpu_s = cpu_us / 1e6;
+            t.cpu_percent = cpu_us / 1e6 / window_s * 100.0;
+            t.cpu_us_per_delivery = (delivered > 0).then(|| cpu_us / delivered as f64);
+            t.cpu_us_per_published = (published > 0).then(|| cpu_us / published as f64);
+        }
+    }
+    t
+}
