@@ -134,7 +134,8 @@ pub async fn run(
         accept_errors,
         {
             let state = state.clone();
-            let closing = closing.clone();
+            // Admin connections keep answering (readyz says 503) through the drain.
+            let closing = stop_admin.clone();
             move |stream, _peer| {
                 let timeouts = state.hub.metrics().write_timeouts.clone();
                 let state = state.clone();

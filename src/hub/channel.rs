@@ -26,10 +26,16 @@ pub(super) struct Channel {
 }
 
 impl Channel {
-    pub fn new(name: &str) -> Self {
+    /// A channel that knows nothing of events up to `gap_floor` (the newest ID evicted
+    /// from channels removed earlier, possibly this one's predecessor): resuming from
+    /// below it reports a gap instead of silently skipping what was lost.
+    pub fn new(name: &str, gap_floor: u64) -> Self {
         Self {
             name: Arc::from(name),
-            state: Mutex::new(ChannelState::default()),
+            state: Mutex::new(ChannelState {
+                evicted_id: gap_floor,
+                ..ChannelState::default()
+            }),
         }
     }
 
@@ -83,11 +89,6 @@ impl ChannelState {
 
     pub fn last_id(&self) -> Option<u64> {
         self.ring.back().map(|e| e.id)
-    }
-
-    /// True for a channel that has never held an event: it knows nothing of the past.
-    pub fn is_new(&self) -> bool {
-        self.start_pos == 0 && self.ring.is_empty() && self.evicted_id == 0
     }
 
     /// The event at absolute position `pos`, if still in the ring.

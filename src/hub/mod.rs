@@ -162,7 +162,8 @@ impl Hub {
         if map.len() >= self.settings.max_channels {
             return Err(HubError::TooManyChannels(self.settings.max_channels));
         }
-        let ch = Arc::new(Channel::new(name));
+        let floor = self.removed_floor.load(Ordering::Acquire);
+        let ch = Arc::new(Channel::new(name, floor));
         map.insert(ch.name.clone(), ch.clone());
         self.metrics.channels.set(map.len() as i64);
         Ok(ch)
@@ -238,13 +239,14 @@ impl Hub {
         last_event_id: Option<&str>,
     ) -> Result<Subscription, HubError> {
         let mut map = self.lock_map();
+        let floor = self.removed_floor.load(Ordering::Acquire);
         let mut channels: Vec<Arc<Channel>> = Vec::with_capacity(names.len());
         for name in names {
             // Subscribing may create a channel even at the channel limit: a subscriber
             // costs a connection, which has its own limits.
             let ch = map
                 .entry(Arc::from(name.as_str()))
-                .or_insert_with_key(|k| Arc::new(Channel::new(k)))
+                .or_insert_with_key(|k| Arc::new(Channel::new(k, floor)))
                 .clone();
             if !channels.iter().any(|c| Arc::ptr_eq(c, &ch)) {
                 channels.push(ch);
@@ -271,8 +273,8 @@ impl Hub {
             g.subscribers += 1;
             positions.push(g.end_pos());
         }
+        let live_from = positions.clone();
         if let Some(from) = resume_from {
-            let floor = self.removed_floor.load(Ordering::Acquire);
             let reason = match from {
                 None => Some("unknown_id"),
                 Some(id) if id > last_seq || id < self.base_seq => Some("unknown_id"),
@@ -282,7 +284,7 @@ impl Hub {
                     let mut gap = false;
                     for (g, pos) in guards.iter().zip(positions.iter_mut()) {
                         match g.resume_pos(id, self.settings.history_max_events, oldest_ms) {
-                            Some(p) if !(g.is_new() && floor > id) => *pos = p,
+                            Some(p) => *pos = p,
                             _ => gap = true,
                         }
                     }
@@ -307,6 +309,7 @@ impl Hub {
             self.clone(),
             channels,
             positions,
+            live_from,
             reset.map(|(_, b)| b),
         ))
     }

@@ -27,6 +27,9 @@ struct Cursor {
     channel: Arc<Channel>,
     /// Absolute ring position of the next event to deliver.
     pos: u64,
+    /// Ring end when the subscription opened. A resume's replay backlog lies before it
+    /// and does not count against the queue limit: only falling behind live events does.
+    live_from: u64,
     /// Current waker registration in the channel, see `ChannelState::park`.
     parked: Option<(u64, usize)>,
 }
@@ -46,11 +49,13 @@ struct QueueLimit {
 }
 
 impl QueueLimit {
-    /// True when the cursor's unread events left the ring or exceed the limit.
+    /// True when the cursor's unread events left the ring, or its unread live events
+    /// exceed the limit.
     fn exceeded_by(&self, c: &Cursor, g: &ChannelState) -> bool {
+        let from = c.pos.max(c.live_from);
         c.pos < g.start_pos()
-            || g.end_pos() - c.pos > self.events
-            || g.bytes_behind(c.pos) > self.bytes
+            || g.end_pos() - from > self.events
+            || g.bytes_behind(from) > self.bytes
     }
 }
 
@@ -62,14 +67,16 @@ impl Subscription {
         hub: Arc<Hub>,
         channels: Vec<Arc<Channel>>,
         positions: Vec<u64>,
+        live_from: Vec<u64>,
         reset: Option<Bytes>,
     ) -> Self {
         let cursors = channels
             .into_iter()
-            .zip(positions)
-            .map(|(channel, pos)| Cursor {
+            .zip(positions.into_iter().zip(live_from))
+            .map(|(channel, (pos, live_from))| Cursor {
                 channel,
                 pos,
+                live_from,
                 parked: None,
             })
             .collect();

@@ -27,6 +27,17 @@ pub struct CompareArgs {
     note: Vec<String>,
 }
 
+/// The workloads of bench/run.sh, in the order they are shown.
+const WORKLOADS: &[&str] = &[
+    "idle",
+    "fanout-2",
+    "fanout-50",
+    "publish",
+    "publish-batch",
+    "storm",
+    "channels-10k",
+];
+
 /// One row of the summary: a figure of one workload.
 struct Figure {
     title: &'static str,
@@ -146,6 +157,15 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     if reports.is_empty() {
         anyhow::bail!("no reports found in {:?}", args.inputs);
     }
+    // Workloads in the order of the summary, unknown ones last.
+    let rank = |r: &Value| {
+        let label = text(r, "/label");
+        WORKLOADS
+            .iter()
+            .position(|w| *w == label)
+            .unwrap_or(WORKLOADS.len())
+    };
+    reports.sort_by_key(rank);
     let mut brokers: Vec<String> = Vec::new();
     for r in &reports {
         let b = text(r, "/broker");

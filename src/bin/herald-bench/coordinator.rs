@@ -498,9 +498,8 @@ fn build_target(
             t.rss_connected_kib = connected.rss_kib;
             t.rss_end_kib = end.rss_kib;
             t.rss_growth_kib = connected.rss_kib as i64 - before.rss_kib as i64;
-            if streams > 0 {
-                t.rss_per_subscriber_kib = t.rss_growth_kib as f64 / streams as f64;
-            }
+            t.rss_per_subscriber_kib =
+                (streams > 0).then(|| t.rss_growth_kib as f64 / streams as f64);
             let cpu_us = end.cpu_us.saturating_sub(start.cpu_us) as f64;
             t.cpu_s = cpu_us / 1e6;
             t.cpu_percent = cpu_us / 1e6 / window_s * 100.0;

@@ -15,7 +15,9 @@
 //! - [`procfs`] — RSS and CPU time of a process
 //! - [`report`] — the final table and JSON
 //! - [`compare`] — side-by-side tables of several runs (what `make bench` prints)
+//! - [`baseline`] — the naive hyper + broadcast SSE broker, for reference
 
+mod baseline;
 mod compare;
 mod coordinator;
 mod procfs;
@@ -54,7 +56,8 @@ Examples:
   herald-bench --subscribe-url 'http://127.0.0.1:8081/sub?id={channel}' \\
       --publish-url 'http://127.0.0.1:8081/pub?id={channel}' --publish-format raw \\
       --subscribers 10000 --rate 50
-  herald-bench compare bench/results/run-dir",
+  herald-bench compare bench/results/runs
+  herald-bench baseline --listen 127.0.0.1:18082",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -69,6 +72,12 @@ enum Command {
     /// Print side-by-side tables (and write Markdown/JSON) from the --json reports of
     /// several runs, grouped by --label, with --broker columns and ratios.
     Compare(compare::CompareArgs),
+    /// Serve the naive reference broker (hyper http1, one tokio broadcast channel per
+    /// channel, one body frame per event): POST /pub?id=CH, GET /sub?id=CH.
+    Baseline {
+        #[arg(long, default_value = "127.0.0.1:18082")]
+        listen: std::net::SocketAddr,
+    },
     /// Internal: a worker process started by a run.
     #[command(hide = true)]
     Worker {
@@ -206,6 +215,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(worker::run),
         Some(Command::Compare(args)) => compare::run(&args),
+        Some(Command::Baseline { listen }) => baseline::run(listen),
         None => match cli.run.check() {
             Err(e) => {
                 eprintln!("herald-bench: {e}");

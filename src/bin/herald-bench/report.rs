@@ -78,8 +78,8 @@ pub struct Target {
     pub rss_connected_kib: u64,
     pub rss_end_kib: u64,
     pub rss_growth_kib: i64,
-    /// RSS growth per open stream.
-    pub rss_per_subscriber_kib: f64,
+    /// RSS growth per open stream (none without streams).
+    pub rss_per_subscriber_kib: Option<f64>,
     /// CPU time from the start of publishing to the end of the drain.
     pub cpu_s: f64,
     pub cpu_percent: f64,
@@ -162,8 +162,9 @@ pub fn table(r: &Report) -> String {
         rows.push((
             "target RSS growth / per stream",
             format!(
-                "{} KiB / {:.2} KiB",
-                t.rss_growth_kib, t.rss_per_subscriber_kib
+                "{} KiB / {} KiB",
+                t.rss_growth_kib,
+                opt(t.rss_per_subscriber_kib, 2)
             ),
         ));
         rows.push((
