@@ -101,6 +101,8 @@ pub struct LimitsConfig {
     /// `Retry-After` sent with 503 refusals.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// Kernel send buffer of each public connection (SO_SNDBUF); 0 keeps the kernel's.
+    pub send_buffer_bytes: usize,
     /// A write that makes no progress for this long ends the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,

@@ -10,7 +10,8 @@ pub struct Metrics {
     pub connections_limit: IntGauge,
     /// SSE streams ever opened.
     pub connections_total: IntCounter,
-    /// Streams ended, by reason: `client` (went away), `lagged` (too slow), `shutdown`.
+    /// Streams ended, by reason: `client` (went away), `lagged` (fell behind its queue),
+    /// `write_timeout` (stopped reading), `lifetime` (max_connection_lifetime), `shutdown`.
     pub disconnects: IntCounterVec,
     /// Channels currently held.
     pub channels: IntGauge,

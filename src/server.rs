@@ -83,6 +83,7 @@ pub async fn run(
     let drain_timeout = config.shutdown.drain_timeout;
     let sweep_interval = config.history.sweep_interval;
     let conn_limits = ConnLimits {
+        send_buffer_bytes: config.limits.send_buffer_bytes,
         header_read_timeout: config.limits.header_read_timeout,
         max_header_bytes: config.limits.max_header_bytes,
         write_timeout: config.limits.write_timeout,
@@ -176,6 +177,7 @@ pub async fn run(
 /// Per-connection protections, from `limits.*`.
 #[derive(Debug, Clone, Copy)]
 struct ConnLimits {
+    send_buffer_bytes: usize,
     header_read_timeout: Duration,
     max_header_bytes: usize,
     write_timeout: Duration,
@@ -224,6 +226,12 @@ async fn serve_public_connection(
     limits: ConnLimits,
     closing: CancellationToken,
 ) {
+    if limits.send_buffer_bytes > 0 {
+        // Without a cap, Linux lets a loopback peer (nginx on the same host) grow the send
+        // buffer to megabytes: a client that stopped reading would hold that much before
+        // the write timeout even starts.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(limits.send_buffer_bytes);
+    }
     let first = tokio::select! {
         first = direct::read_first_request(&mut stream, limits.max_header_bytes, limits.header_read_timeout) => first,
         _ = closing.cancelled() => return,

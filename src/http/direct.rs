@@ -58,6 +58,7 @@ pub async fn read_first_request(
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) if len > max_bytes => return Some(Err(true)),
                 Ok(httparse::Status::Complete(_)) => return Some(classify(&parsed)),
                 Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Some(Err(true)),
                 Ok(httparse::Status::Partial) => continue,
@@ -191,11 +192,16 @@ async fn pump(
                 true
             }
         };
-        if write_within(&mut io, &out, write_timeout, timeouts)
-            .await
-            .is_err()
-            || ended
-        {
+        if let Err(e) = write_within(&mut io, &out, write_timeout, timeouts).await {
+            let reason = if e.kind() == io::ErrorKind::TimedOut {
+                "write_timeout"
+            } else {
+                "client"
+            };
+            stream.mark_ended(reason);
+            return;
+        }
+        if ended {
             return;
         }
     }

@@ -87,6 +87,12 @@ impl SseStream {
         }
     }
 
+    /// Record why the connection carrying this stream ended, when the stream itself did
+    /// not end it (e.g. `write_timeout`).
+    pub fn mark_ended(&mut self, reason: &'static str) {
+        self.end_reason = reason;
+    }
+
     /// Schedule the end of the stream for a random moment within the drain window.
     fn schedule_drain(&mut self) {
         if matches!(self.end_timer, Some((_, "shutdown"))) {
