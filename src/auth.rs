@@ -148,15 +148,20 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not merely right when present:
+        // otherwise a token minted for another service with the same key would pass.
+        let mut required = vec!["exp"];
         if !c.issuer.is_empty() {
             validation.set_issuer(&[&c.issuer]);
+            required.push("iss");
         }
         if c.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[&c.audience]);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Some(Self { key, validation }))
     }
 
@@ -273,12 +278,14 @@ impl Authorizer {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
+/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
 pub fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
-    authorization
-        .and_then(|h| h.strip_prefix(b"Bearer "))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+    let header = authorization?;
+    let (scheme, token) = header.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    Some(token.trim_ascii()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -132,6 +132,9 @@ pub struct LimitsConfig {
     pub subscriber_queue_events: usize,
     /// Unread bytes a subscriber may have pending before it is disconnected as too slow.
     pub subscriber_queue_bytes: usize,
+    /// A publish body that has not fully arrived by then gets 408 (slow POST).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// A request whose headers have not arrived by then is closed (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -359,6 +362,12 @@ impl Config {
         }
         if l.write_timeout.is_zero() {
             return Err(invalid("limits.write_timeout", "must be greater than 0"));
+        }
+        if l.body_read_timeout.is_zero() {
+            return Err(invalid(
+                "limits.body_read_timeout",
+                "must be greater than 0",
+            ));
         }
         if l.header_read_timeout.is_zero() {
             return Err(invalid(

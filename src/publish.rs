@@ -1,6 +1,8 @@
 //! Parsing and validating a publish request body (JSON object, JSON array, or form) into
 //! events. Pure: the HTTP handler reads the body, this decides what it means.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::hub::NewEvent;
@@ -83,10 +85,14 @@ pub fn parse(
 }
 
 fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, PublishError> {
-    let value: Value = serde_json::from_slice(body)
+    // Validate the syntax of the whole body first; events are then read from their raw
+    // text, so repeated keys are refused instead of silently keeping the last one.
+    let raw: &RawValue = serde_json::from_slice(body)
         .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {e}")))?;
-    match value {
-        Value::Array(items) => {
+    match raw.get().as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+                .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {e}")))?;
             if items.is_empty() {
                 return Err(invalid("empty_batch", "the batch array is empty"));
             }
@@ -107,7 +113,7 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
                 .map(|(i, item)| json_event(item, limits, &format!("[{i}].")))
                 .collect()
         }
-        item @ Value::Object(_) => Ok(vec![json_event(item, limits, "")?]),
+        Some(b'{') => Ok(vec![json_event(raw, limits, "")?]),
         _ => Err(invalid(
             "invalid_json",
             "body must be a JSON object (one event) or an array of objects (a batch)",
@@ -115,24 +121,32 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
     }
 }
 
-/// One JSON event object. Fields are read by hand so every refusal names its field.
-fn json_event(item: Value, limits: &PublishLimits, at: &str) -> Result<NewEvent, PublishError> {
-    let Value::Object(mut fields) = item else {
+/// The fields of one JSON event. Deriving the reader makes serde refuse unknown and
+/// repeated fields; the types are checked by hand so each refusal names its field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonFields {
+    channel: Option<Value>,
+    event: Option<Value>,
+    data: Option<Value>,
+    retry: Option<Value>,
+}
+
+/// One JSON event object.
+fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEvent, PublishError> {
+    if !item.get().starts_with('{') {
         return Err(invalid(
             "invalid_event",
             format!("{at}: each event must be a JSON object"),
         ));
-    };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !matches!(k.as_str(), "channel" | "event" | "data" | "retry"))
-    {
-        return Err(invalid(
-            "invalid_event",
-            format!("{at}{unknown}: unknown field; expected channel, event, data, retry (IDs are assigned by herald)"),
-        ));
     }
-    let channel = match fields.remove("channel") {
+    let fields: JsonFields = serde_json::from_str(item.get()).map_err(|e| {
+        invalid(
+            "invalid_event",
+            format!("{at}{e} (fields: channel, event, data, retry; IDs are assigned by herald)"),
+        )
+    })?;
+    let channel = match fields.channel {
         Some(Value::String(s)) => s,
         None => {
             return Err(invalid(
@@ -147,9 +161,9 @@ fn json_event(item: Value, limits: &PublishLimits, at: &str) -> Result<NewEvent,
             ))
         }
     };
-    let event = match fields.remove("event") {
+    let event = match fields.event {
         Some(Value::String(s)) => Some(s),
-        None | Some(Value::Null) => None,
+        None => None,
         Some(_) => {
             return Err(invalid(
                 "invalid_event_type",
@@ -157,13 +171,18 @@ fn json_event(item: Value, limits: &PublishLimits, at: &str) -> Result<NewEvent,
             ))
         }
     };
-    let data = match fields.remove("data") {
+    let data = match fields.data {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
-        None => return Err(invalid("missing_data", format!("{at}data: missing field"))),
+        None => {
+            return Err(invalid(
+                "missing_data",
+                format!("{at}data: missing field (or null)"),
+            ))
+        }
     };
-    let retry = match fields.remove("retry") {
-        None | Some(Value::Null) => None,
+    let retry = match fields.retry {
+        None => None,
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
         Some(_) => {
             return Err(invalid(

@@ -63,19 +63,30 @@ async fn publish(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
+    let timeout = state.config.limits.body_read_timeout;
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await;
+    let body = match read {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within limits.body_read_timeout ({timeout:?})"),
+            ))
+        }
+        Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::bad_request("body_read_failed", format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+                .is_some() =>
+        {
+            return Err(too_large())
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::bad_request(
+                "body_read_failed",
+                format!("could not read the body: {e}"),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
     let span = tracing::Span::current();
     span.record("events", events.len() as i64);

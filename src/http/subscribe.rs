@@ -178,8 +178,8 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
     Ok(resp)
 }
 
-/// What the subscriber may read: from a ticket, else a JWT in the auth cookie, else a
-/// JWT in `Authorization: Bearer`. Tokens and tickets are never logged.
+/// What the subscriber may read: from a ticket, else a JWT in `Authorization: Bearer`,
+/// else a JWT in the auth cookie. Tokens and tickets are never logged.
 fn subscriber_grants<B>(
     state: &AppState,
     req: &Request<B>,
