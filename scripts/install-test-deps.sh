@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Install what herald's test suite needs from Debian's packages, and only what is missing:
+#   nginx (nginx-light where the release has it), libnginx-mod-nchan, redis-server,
+#   prometheus (for promtool), chromium and chromium-driver, and Node.js with npm.
+# Runs `apt-get update` once, and only when something has to be installed. Installing
+# needs root; without it, the script names what is missing and fails.
+# The node packages of the browser test are installed by `make test` (npm ci), not here.
+set -euo pipefail
+
+log() { printf 'install-test-deps: %s\n' "$*" >&2; }
+
+installed() { # installed PACKAGE: true when dpkg has PACKAGE fully installed
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+need() { # need PACKAGE CHECK...: add PACKAGE when the CHECK command fails
+    local package=$1
+    shift
+    if ! "$@" >/dev/null 2>&1; then
+        missing+=("$package")
+    fi
+}
+
+need nginx command -v nginx
+need libnginx-mod-nchan installed libnginx-mod-nchan
+need redis-server command -v redis-server
+need prometheus command -v promtool
+need chromium test -x /usr/bin/chromium
+need chromium-driver test -x /usr/bin/chromedriver
+need nodejs command -v node
+need npm command -v npm
+
+if [ ${#missing[@]} -eq 0 ]; then
+    log "all present (nginx, nchan, redis-server, promtool, chromium, chromedriver, node, npm)"
+else
+    if [ "$(id -u)" -ne 0 ]; then
+        log "ERROR: missing: ${missing[*]}"
+        log "ERROR: installing them needs root: run 'sudo scripts/install-test-deps.sh', then 'make test' again"
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    log "missing: ${missing[*]}; running apt-get update"
+    apt-get update -q
+    packages=()
+    for p in "${missing[@]}"; do
+        if [ "$p" = nginx ] && apt-cache show nginx-light >/dev/null 2>&1; then
+            p=nginx-light # the smallest build; newer Debian releases only have nginx
+        fi
+        packages+=("$p")
+    done
+    # Tests start their own servers on loopback ports: keep the packages' services from
+    # starting during the install (an existing policy is left as it is).
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
+    log "apt-get install ${packages[*]}"
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+    log "ERROR: node $(node --version) is too old for the browser test (playwright-core needs 20 or newer)"
+    exit 1
+fi
