@@ -126,10 +126,20 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonFields {
+    #[serde(default, deserialize_with = "present")]
     channel: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
     event: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
     retry: Option<Value>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (`"data": null` publishes
+/// the text `null`); only a missing field is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// One JSON event object.
@@ -140,11 +150,15 @@ fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEv
             format!("{at}: each event must be a JSON object"),
         ));
     }
-    let fields: JsonFields = serde_json::from_str(item.get()).map_err(|e| {
-        invalid(
+    let fields: JsonFields = serde_json::from_str(item.get()).map_err(|e| match e.classify() {
+        // Nesting beyond serde_json's recursion limit surfaces here, not in the first pass.
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            invalid("invalid_json", format!("body is not valid JSON: {at}{e}"))
+        }
+        _ => invalid(
             "invalid_event",
             format!("{at}{e} (fields: channel, event, data, retry; IDs are assigned by herald)"),
-        )
+        ),
     })?;
     let channel = match fields.channel {
         Some(Value::String(s)) => s,
@@ -163,7 +177,7 @@ fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEv
     };
     let event = match fields.event {
         Some(Value::String(s)) => Some(s),
-        None => None,
+        None | Some(Value::Null) => None,
         Some(_) => {
             return Err(invalid(
                 "invalid_event_type",
@@ -174,15 +188,10 @@ fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEv
     let data = match fields.data {
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
-        None => {
-            return Err(invalid(
-                "missing_data",
-                format!("{at}data: missing field (or null)"),
-            ))
-        }
+        None => return Err(invalid("missing_data", format!("{at}data: missing field"))),
     };
     let retry = match fields.retry {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
         Some(_) => {
             return Err(invalid(
