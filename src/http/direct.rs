@@ -8,7 +8,7 @@
 //! whatever the subscriber has pending in one `write`.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Request, Version};
-use http_body::Body as _;
 use http_body_util::Either;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -162,12 +161,13 @@ async fn pump(
     write_timeout: Duration,
     timeouts: &prometheus::IntCounter,
 ) {
-    let mut pending = Some(head);
+    let mut head = Some(head.freeze());
     let mut probe = [0u8; 16];
     loop {
-        let next = tokio::select! {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let more = tokio::select! {
             biased;
-            frames = poll_fn(|cx| collect_frames(&mut stream, cx)) => frames,
+            more = poll_fn(|cx| gather(&mut stream, cx, &mut chunks)) => more,
             readable = io.readable() => {
                 // The client sends nothing after its request: readable means it closed
                 // (or sent junk, which is discarded).
@@ -179,20 +179,8 @@ async fn pump(
                 }
             }
         };
-        let mut out = pending.take().unwrap_or_default();
-        let ended = match next {
-            Some(data) => {
-                frame_into(&mut out, &data, chunked);
-                false
-            }
-            None => {
-                if chunked {
-                    out.put_slice(b"0\r\n\r\n");
-                }
-                true
-            }
-        };
-        if let Err(e) = write_within(&mut io, &out, write_timeout, timeouts).await {
+        let wire = Wire::new(head.take(), &chunks, chunked, !more);
+        if let Err(e) = wire.write(&mut io, write_timeout, timeouts).await {
             let reason = if e.kind() == io::ErrorKind::TimedOut {
                 "write_timeout"
             } else {
@@ -201,57 +189,100 @@ async fn pump(
             stream.mark_ended(reason);
             return;
         }
-        if ended {
+        if !more {
             return;
         }
     }
 }
 
-/// Every frame the stream has ready, concatenated; `None` once the stream has ended.
-fn collect_frames(stream: &mut SseStream, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<BytesMut> = None;
+/// Everything the stream has ready (up to one write's worth): `Ready(true)` with chunks,
+/// `Ready(false)` when the stream is over (possibly with final chunks).
+fn gather(stream: &mut SseStream, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
     loop {
-        match Pin::new(&mut *stream).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                match (&first, &mut more) {
-                    (None, _) => first = Some(data),
-                    (Some(f), None) => {
-                        let mut buf = BytesMut::with_capacity(f.len() + data.len());
-                        buf.put_slice(f);
-                        buf.put_slice(&data);
-                        more = Some(buf);
-                    }
-                    (Some(_), Some(buf)) => buf.put_slice(&data),
-                }
-                if more.as_ref().is_some_and(|b| b.len() >= 64 * 1024) {
-                    break;
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) if first.is_none() => {
-                return Poll::Ready(None)
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) | Poll::Pending => break,
+        match stream.poll_chunks(cx, out) {
+            Poll::Ready(true) if out.len() < 256 => continue,
+            Poll::Ready(true) => return Poll::Ready(true),
+            Poll::Ready(false) => return Poll::Ready(false),
+            Poll::Pending if out.is_empty() => return Poll::Pending,
+            Poll::Pending => return Poll::Ready(true),
         }
-    }
-    match (first, more) {
-        (_, Some(buf)) => Poll::Ready(Some(buf.freeze())),
-        (Some(f), None) => Poll::Ready(Some(f)),
-        (None, None) => Poll::Pending,
     }
 }
 
-fn frame_into(out: &mut BytesMut, data: &[u8], chunked: bool) {
-    if chunked {
-        out.reserve(data.len() + 12);
-        out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        out.put_slice(data);
-        out.put_slice(b"\r\n");
-    } else {
-        out.put_slice(data);
+/// One write: optional response head, then the chunks, framed for chunked encoding.
+struct Wire<'a> {
+    head: Option<Bytes>,
+    size_line: ([u8; 20], usize),
+    chunks: &'a [Bytes],
+    chunked: bool,
+    last: bool,
+}
+
+impl<'a> Wire<'a> {
+    fn new(head: Option<Bytes>, chunks: &'a [Bytes], chunked: bool, last: bool) -> Self {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        let mut size_line = ([0u8; 20], 0);
+        if chunked && len > 0 {
+            let mut w = &mut size_line.0[..];
+            // 16 hex digits and CRLF always fit in 20 bytes.
+            let _ = write!(w, "{len:x}\r\n");
+            size_line.1 = 20 - w.len();
+        }
+        Self {
+            head,
+            size_line,
+            chunks,
+            chunked,
+            last,
+        }
+    }
+
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(self.chunks.len() + 4);
+        if let Some(head) = &self.head {
+            slices.push(IoSlice::new(head));
+        }
+        slices.push(IoSlice::new(&self.size_line.0[..self.size_line.1]));
+        slices.extend(self.chunks.iter().map(|c| IoSlice::new(c)));
+        if self.chunked && self.size_line.1 > 0 {
+            slices.push(IoSlice::new(b"\r\n"));
+        }
+        if self.chunked && self.last {
+            slices.push(IoSlice::new(b"0\r\n\r\n"));
+        }
+        slices.retain(|s| !s.is_empty());
+        slices
+    }
+
+    /// One vectored write in the common case (the kernel takes it all, no timer); the
+    /// rest, if any, is copied once and written under the write timeout.
+    async fn write(
+        &self,
+        io: &mut TcpStream,
+        timeout: Duration,
+        timeouts: &prometheus::IntCounter,
+    ) -> io::Result<()> {
+        let slices = self.slices();
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let written = match io.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written == total {
+            return Ok(());
+        }
+        let mut rest = BytesMut::with_capacity(total - written);
+        let mut skip = written;
+        for slice in &slices {
+            if skip >= slice.len() {
+                skip -= slice.len();
+                continue;
+            }
+            rest.put_slice(&slice[skip..]);
+            skip = 0;
+        }
+        write_within(io, &rest, timeout, timeouts).await
     }
 }
 

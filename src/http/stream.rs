@@ -103,9 +103,9 @@ impl SseStream {
         self.end_timer = Some((Box::pin(tokio::time::sleep(delay)), "shutdown"));
     }
 
-    /// The last frame of a stream we end: a `retry:` hint, jittered so that clients
+    /// The last bytes of a stream we end: a `retry:` hint, jittered so that clients
     /// ended together do not reconnect together.
-    fn farewell(&mut self, reason: &'static str) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn farewell(&mut self, reason: &'static str) -> Bytes {
         self.end_reason = reason;
         self.done = true;
         let base = self.settings.retry.as_millis() as u64;
@@ -115,11 +115,60 @@ impl SseStream {
             base
         };
         let retry = base + rand::rng().random_range(0..=spread);
-        let hint = format!("retry: {retry}\n\n");
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(hint)))))
+        Bytes::from(format!("retry: {retry}\n\n"))
+    }
+
+    /// Append what is ready to go on the wire to `out` (shared buffers, never copies):
+    /// `Ready(true)` when something was appended, `Ready(false)` once the stream is over.
+    pub fn poll_chunks(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
+        if self.done {
+            return Poll::Ready(false);
+        }
+        if let Some(preamble) = self.preamble.take() {
+            out.push(preamble);
+            return Poll::Ready(true);
+        }
+        match self.subscription.poll_events(cx, out) {
+            SubscriptionPoll::Events(n) => {
+                self.hub.metrics().events_delivered.inc_by(n as u64);
+                self.last_write = Instant::now();
+                return Poll::Ready(true);
+            }
+            SubscriptionPoll::Lagged => {
+                tracing::debug!("subscriber fell behind its queue; ending its stream");
+                self.end_reason = "lagged";
+                self.done = true;
+                return Poll::Ready(false);
+            }
+            SubscriptionPoll::Closed => self.schedule_drain(),
+            SubscriptionPoll::Pending => {}
+        }
+        if let Some((timer, reason)) = &mut self.end_timer {
+            if timer.as_mut().poll(cx).is_ready() {
+                let reason = *reason;
+                out.push(self.farewell(reason));
+                return Poll::Ready(true);
+            }
+        }
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_write + self.settings.heartbeat_interval;
+            if due > Instant::now() {
+                self.idle_timer.as_mut().reset(due);
+                continue;
+            }
+            self.last_write = Instant::now();
+            self.idle_timer
+                .as_mut()
+                .reset(self.last_write + self.settings.heartbeat_interval);
+            self.hub.metrics().heartbeats_sent.inc();
+            out.push(self.settings.heartbeat.clone());
+            return Poll::Ready(true);
+        }
+        Poll::Pending
     }
 }
 
+/// The hyper path: one body frame per poll, concatenating when several chunks are ready.
 impl Body for SseStream {
     type Data = Bytes;
     type Error = Infallible;
@@ -128,54 +177,29 @@ impl Body for SseStream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
+        let mut out = Vec::new();
+        match self.poll_chunks(cx, &mut out) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(false) => Poll::Ready(None),
+            Poll::Ready(true) => Poll::Ready(Some(Ok(Frame::data(concat(out))))),
         }
-        if let Some(preamble) = this.preamble.take() {
-            return Poll::Ready(Some(Ok(Frame::data(preamble))));
-        }
-        let mut out = BytesMut::new();
-        match this.subscription.poll_events(cx, &mut out) {
-            SubscriptionPoll::Events(n) => {
-                this.hub.metrics().events_delivered.inc_by(n as u64);
-                this.last_write = Instant::now();
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-            }
-            SubscriptionPoll::Lagged => {
-                tracing::debug!("subscriber fell behind its queue; ending its stream");
-                this.end_reason = "lagged";
-                this.done = true;
-                return Poll::Ready(None);
-            }
-            SubscriptionPoll::Closed => this.schedule_drain(),
-            SubscriptionPoll::Pending => {}
-        }
-        if let Some((timer, reason)) = &mut this.end_timer {
-            if timer.as_mut().poll(cx).is_ready() {
-                let reason = *reason;
-                return this.farewell(reason);
-            }
-        }
-        while this.idle_timer.as_mut().poll(cx).is_ready() {
-            let due = this.last_write + this.settings.heartbeat_interval;
-            if due > Instant::now() {
-                this.idle_timer.as_mut().reset(due);
-                continue;
-            }
-            this.last_write = Instant::now();
-            this.idle_timer
-                .as_mut()
-                .reset(this.last_write + this.settings.heartbeat_interval);
-            this.hub.metrics().heartbeats_sent.inc();
-            return Poll::Ready(Some(Ok(Frame::data(this.settings.heartbeat.clone()))));
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
         self.done
     }
+}
+
+/// One buffer from several; a single chunk is passed on without a copy.
+pub fn concat(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut buf = BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in &chunks {
+        buf.extend_from_slice(chunk);
+    }
+    buf.freeze()
 }
 
 impl Drop for SseStream {

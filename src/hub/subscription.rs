@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Context;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::channel::{Channel, ChannelState};
 use super::Hub;
@@ -61,6 +61,8 @@ impl QueueLimit {
 
 /// Upper bound on the bytes gathered in one poll: one write's worth.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Upper bound on the events gathered in one poll (each is one `iovec` of a write).
+const MAX_BATCH_EVENTS: usize = 256;
 
 impl Subscription {
     pub(super) fn new(
@@ -92,14 +94,15 @@ impl Subscription {
         self.reset.is_some()
     }
 
-    /// Append the next pending events, in ID order, to `out`.
-    pub fn poll_events(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll {
+    /// Append the next pending events, in ID order, to `out`: the shared encoded bytes
+    /// of each event, never a copy.
+    pub fn poll_events(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll {
         if self.hub.is_closing() {
             return Poll::Closed;
         }
         let mut produced = 0;
         if let Some(reset) = self.reset.take() {
-            out.extend_from_slice(&reset);
+            out.push(reset);
             produced += 1;
         }
         let queue = QueueLimit {
@@ -122,7 +125,7 @@ impl Subscription {
 fn poll_single(
     c: &mut Cursor,
     cx: &mut Context<'_>,
-    out: &mut BytesMut,
+    out: &mut Vec<Bytes>,
     queue: QueueLimit,
 ) -> Poll {
     let mut g = c.channel.lock();
@@ -130,10 +133,12 @@ fn poll_single(
         return Poll::Lagged;
     }
     let mut n = 0;
-    while out.len() < MAX_BATCH_BYTES {
+    let mut bytes = 0;
+    while n < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
         match g.get(c.pos) {
             Some(e) => {
-                out.extend_from_slice(&e.bytes);
+                bytes += e.bytes.len();
+                out.push(e.bytes.clone());
                 c.pos += 1;
                 n += 1;
             }
@@ -155,7 +160,7 @@ fn poll_merged(
     hub: &Hub,
     cursors: &mut [Cursor],
     cx: &mut Context<'_>,
-    out: &mut BytesMut,
+    out: &mut Vec<Bytes>,
     queue: QueueLimit,
 ) -> Poll {
     loop {
@@ -178,7 +183,7 @@ fn poll_merged(
                     pending_beyond_horizon = true;
                     break;
                 }
-                if bytes >= MAX_BATCH_BYTES {
+                if bytes >= MAX_BATCH_BYTES || pos - c.pos >= MAX_BATCH_EVENTS as u64 {
                     cutoff = cutoff.min(last_id);
                     break;
                 }
@@ -199,11 +204,11 @@ fn poll_merged(
         }
         batch.sort_unstable_by_key(|(id, _, _)| *id);
         let mut n = 0;
-        for (id, i, bytes) in batch {
+        for (id, i, bytes) in batch.into_iter().take(MAX_BATCH_EVENTS) {
             if id > cutoff {
                 break;
             }
-            out.extend_from_slice(&bytes);
+            out.push(bytes);
             cursors[i].pos += 1;
             n += 1;
         }

@@ -3,8 +3,6 @@ use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
-use bytes::BytesMut;
-
 use super::*;
 
 fn settings(history: usize, queue: usize) -> HubSettings {
@@ -52,9 +50,12 @@ fn drain(sub: &mut Subscription, waker: &Waker) -> (Vec<u64>, SubscriptionPoll, 
     let mut ids = Vec::new();
     let mut text = String::new();
     loop {
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         let r = sub.poll_events(&mut cx, &mut out);
-        let chunk = String::from_utf8(out.to_vec()).unwrap();
+        let chunk: String = out
+            .iter()
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+            .collect();
         ids.extend(
             chunk
                 .lines()

@@ -85,6 +85,20 @@ const FIGURES: &[Figure] = &[
         goal: "<= 1",
     },
     Figure {
+        title: "events published/s when asked for 50/s",
+        label: "fanout-50",
+        pointer: "/publish_per_sec",
+        digits: 1,
+        goal: "50",
+    },
+    Figure {
+        title: "deliveries owed (published x streams) /s at 50 events/s",
+        label: "fanout-50",
+        pointer: "/expected_per_sec",
+        digits: 0,
+        goal: "",
+    },
+    Figure {
         title: "delivered events/s at 50 events/s",
         label: "fanout-50",
         pointer: "/delivered_per_sec",

@@ -1,20 +1,19 @@
 //! One run: start the worker processes, wait for their streams, settle, publish, drain,
 //! stop the workers and build the report. Every phase ends by a deadline.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::aggregate::{pump, Aggregate, Msg};
 use crate::procfs::{self, Sample};
 use crate::publisher::{self, Plan, Totals};
 use crate::report::{self, Report, Settings, Target};
-use crate::stats::{add_buckets, histogram, Counters, Frame, Percentiles};
+use crate::stats::{Frame, Percentiles};
 use crate::wire::Endpoint;
 use crate::worker::WorkerSpec;
 use crate::RunArgs;
@@ -25,166 +24,15 @@ const FD_RESERVE: u64 = 256;
 const REPORT_MS: u64 = 200;
 /// How long workers get to send their last frame and exit after `stop`.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
-/// Extra time publishers get to finish the request in flight when the window ends.
-const PUBLISH_FINISH: Duration = Duration::from_secs(5);
-
-enum Msg {
-    Frame(usize, Frame),
-    /// The worker's stdout closed (it exited).
-    Gone(usize),
-}
+/// Time publishers get to finish the request in flight when the window ends (a
+/// saturated broker may answer publishes seconds late).
+const PUBLISH_FINISH: Duration = Duration::from_secs(30);
+/// Longest drain, however long deliveries keep trickling in.
+const DRAIN_CAP: Duration = Duration::from_secs(60);
 
 struct Worker {
     child: Child,
     stdin: Option<ChildStdin>,
-}
-
-/// What the coordinator knows, merged from the workers' frames.
-struct Aggregate {
-    started: Instant,
-    latest: Vec<Counters>,
-    ready: Vec<bool>,
-    gone: Vec<bool>,
-    finals: Vec<bool>,
-    per_channel: Vec<u64>,
-    latency: Histogram<u64>,
-    /// Latencies since the last progress line.
-    interval: Histogram<u64>,
-    connect: Histogram<u64>,
-    failures: BTreeMap<String, u64>,
-    last_unique: u64,
-    last_unique_change: Instant,
-    phase: &'static str,
-    next_print: Instant,
-    printed_delivered: u64,
-    printed_published: u64,
-    printed_at: Instant,
-}
-
-impl Aggregate {
-    fn new(workers: usize, channels: usize) -> Self {
-        let now = Instant::now();
-        Self {
-            started: now,
-            latest: vec![Counters::default(); workers],
-            ready: vec![false; workers],
-            gone: vec![false; workers],
-            finals: vec![false; workers],
-            per_channel: vec![0; channels],
-            latency: histogram(),
-            interval: histogram(),
-            connect: histogram(),
-            failures: BTreeMap::new(),
-            last_unique: 0,
-            last_unique_change: now,
-            phase: "open",
-            next_print: now + Duration::from_secs(1),
-            printed_delivered: 0,
-            printed_published: 0,
-            printed_at: now,
-        }
-    }
-
-    fn totals(&self) -> Counters {
-        let mut t = Counters::default();
-        for c in &self.latest {
-            t.add(c);
-        }
-        t
-    }
-
-    fn all(&self, flags: &[bool]) -> bool {
-        flags.iter().zip(&self.gone).all(|(f, g)| *f || *g)
-    }
-
-    fn absorb(&mut self, msg: Msg) {
-        match msg {
-            Msg::Gone(w) => self.gone[w] = true,
-            Msg::Frame(w, frame) => match frame {
-                Frame::Progress { counters, latency } => {
-                    add_buckets(&mut self.latency, &latency);
-                    add_buckets(&mut self.interval, &latency);
-                    self.latest[w] = counters;
-                }
-                Frame::Ready {
-                    counters,
-                    per_channel,
-                } => {
-                    for (total, n) in self.per_channel.iter_mut().zip(per_channel) {
-                        *total += u64::from(n);
-                    }
-                    self.latest[w] = counters;
-                    self.ready[w] = true;
-                }
-                Frame::Final {
-                    counters,
-                    latency,
-                    connect,
-                    failures,
-                } => {
-                    add_buckets(&mut self.latency, &latency);
-                    add_buckets(&mut self.connect, &connect);
-                    for (k, v) in failures {
-                        *self.failures.entry(k).or_default() += v;
-                    }
-                    self.latest[w] = counters;
-                    self.finals[w] = true;
-                }
-            },
-        }
-        let unique = self.totals().unique;
-        if unique != self.last_unique {
-            self.last_unique = unique;
-            self.last_unique_change = Instant::now();
-        }
-    }
-
-    fn print_progress(&mut self, published: u64) {
-        let now = Instant::now();
-        let secs = now.duration_since(self.printed_at).as_secs_f64().max(1e-3);
-        let t = self.totals();
-        let p = Percentiles::of(&self.interval);
-        eprintln!(
-            "[{:6.1}s] {:<7} streams {} ok, {} failed, {} dropped | published {} ({:.0}/s) | delivered {} ({:.0}/s) | p50 {:.2} ms p99 {:.2} ms",
-            now.duration_since(self.started).as_secs_f64(),
-            self.phase,
-            t.connected,
-            t.failed,
-            t.dropped,
-            published,
-            (published - self.printed_published) as f64 / secs,
-            t.unique,
-            t.unique.saturating_sub(self.printed_delivered) as f64 / secs,
-            p.p50,
-            p.p99,
-        );
-        self.interval.reset();
-        self.printed_delivered = t.unique;
-        self.printed_published = published;
-        self.printed_at = now;
-        self.next_print = now + Duration::from_secs(1);
-    }
-}
-
-/// Absorb worker frames and print progress until `done` or the deadline.
-async fn pump(
-    agg: &mut Aggregate,
-    rx: &mut mpsc::Receiver<Msg>,
-    totals: &Totals,
-    deadline: Instant,
-    mut done: impl FnMut(&Aggregate) -> bool,
-) {
-    let mut open = true;
-    while !done(agg) {
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return,
-            _ = tokio::time::sleep_until(agg.next_print) => agg.print_progress(totals.events.get()),
-            msg = rx.recv(), if open => match msg {
-                Some(m) => agg.absorb(m),
-                None => open = false,
-            },
-        }
-    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -367,12 +215,22 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         .sum();
     if args.publishes() && args.subscribers > 0 {
         agg.phase = "drain";
-        let deadline = Instant::now() + Duration::from_secs_f64(args.grace);
         let goal = unique_at_start + expected;
-        pump(&mut agg, &mut rx, &totals, deadline, |a| {
-            a.totals().unique >= goal
-        })
-        .await;
+        let grace = Duration::from_secs_f64(args.grace);
+        let drain_start = Instant::now();
+        let cap = drain_start + DRAIN_CAP;
+        // Late events are not lost events: wait while deliveries keep arriving.
+        loop {
+            let seen = agg.last_unique_change;
+            let deadline = (seen.max(drain_start) + grace).min(cap);
+            pump(&mut agg, &mut rx, &totals, deadline, |a| {
+                a.totals().unique >= goal || a.last_unique_change != seen
+            })
+            .await;
+            if agg.totals().unique >= goal || Instant::now() >= deadline {
+                break;
+            }
+        }
     }
     let window = Instant::now().duration_since(window_start).as_secs_f64();
     let tool_end = tool_cpu_us(&workers);
@@ -459,6 +317,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         gaps: t.gaps,
         foreign: t.foreign,
         delivered_per_sec: delivered as f64 / delivery_window,
+        expected_per_sec: expected as f64 / args.duration,
         delivery_window_s: delivery_window,
         latency_ms: Percentiles::of(&agg.latency),
         target,

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`coordinator`] — one run: workers, phases, publishers, /proc samples, the report
+//! - [`aggregate`] — worker frames merged, progress lines
 //! - [`worker`] — a worker process holding subscriptions and reporting frames
 //! - [`publisher`] — keep-alive publishing connections
 //! - [`wire`] — loopback URLs, response heads, chunked / length / close-delimited bodies
@@ -17,6 +18,7 @@
 //! - [`compare`] — side-by-side tables of several runs (what `make bench` prints)
 //! - [`baseline`] — the naive hyper + broadcast SSE broker, for reference
 
+mod aggregate;
 mod baseline;
 mod compare;
 mod coordinator;
@@ -134,7 +136,8 @@ pub struct RunArgs {
     /// Seconds to wait after the streams are open, before the memory sample and publishing.
     #[arg(long, default_value_t = 1.0)]
     pub settle: f64,
-    /// Seconds to wait after publishing for events still in flight.
+    /// After publishing, wait for owed events until all arrived or none arrived for this
+    /// many seconds (at most 60 s in all); what is still owed then counts as missing.
     #[arg(long, default_value_t = 5.0)]
     pub grace: f64,
     /// Broker process to sample from /proc (VmRSS, utime+stime); repeat for several

@@ -46,7 +46,7 @@ pub struct Totals {
     pub requests: Cell<u64>,
     pub errors: Cell<u64>,
     pub failures: RefCell<BTreeMap<String, u64>>,
-    /// Events published per channel index (answered 2xx).
+    /// Events sent per channel index and not refused: what subscribers are owed.
     pub per_channel: RefCell<Vec<u64>>,
     /// Publisher connections that have finished.
     pub finished: Cell<usize>,
@@ -81,18 +81,11 @@ pub async fn publisher(p: usize, plan: Rc<Plan>, totals: Rc<Totals>) {
         } else if Instant::now() >= plan.end {
             break;
         }
-        let first = r * plan.batch as u64;
-        let channel_of = |j: usize| ((first + j as u64) % plan.channels as u64) as usize;
-        let sent_ns = crate::worker::now_ns();
-        build_body(&mut body, &plan, p as u32, first, sent_ns, &mut seqs);
-        let channel = format!("{}{}", plan.channel_prefix, channel_of(0));
-        build_request(&mut request, &plan, &channel, &body);
         if client.is_none() {
             match Client::connect(&plan.endpoint).await {
                 Ok(c) => client = Some(c),
                 Err(reason) => {
                     fail(&totals, reason);
-                    roll_back(&mut seqs, plan.batch, channel_of);
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     r += plan.connections as u64;
                     continue;
@@ -102,29 +95,42 @@ pub async fn publisher(p: usize, plan: Rc<Plan>, totals: Rc<Totals>) {
         let Some(conn) = client.as_mut() else {
             continue;
         };
-        match conn.exchange(&request).await {
+        let first = r * plan.batch as u64;
+        let channel_of = |j: usize| ((first + j as u64) % plan.channels as u64) as usize;
+        let sent_ns = crate::worker::now_ns();
+        build_body(&mut body, &plan, p as u32, first, sent_ns, &mut seqs);
+        let channel = format!("{}{}", plan.channel_prefix, channel_of(0));
+        build_request(&mut request, &plan, &channel, &body);
+        // Counted as owed to subscribers from the moment it is sent, so that a request
+        // still in flight when the run ends (and then published) is not an "extra".
+        count(&totals, plan.batch, channel_of, 1);
+        let refused = match conn.exchange(&request).await {
             Ok(head) if (200..300).contains(&head.status) => {
                 totals.events.set(totals.events.get() + plan.batch as u64);
                 totals.requests.set(totals.requests.get() + 1);
-                let mut per_channel = totals.per_channel.borrow_mut();
-                for j in 0..plan.batch {
-                    per_channel[channel_of(j)] += 1;
-                }
                 if !head.keep_alive {
                     client = None;
                 }
+                None
             }
             Ok(head) => {
-                fail(&totals, format!("status {}", head.status));
-                roll_back(&mut seqs, plan.batch, channel_of);
                 if !head.keep_alive {
                     client = None;
                 }
+                Some(format!("status {}", head.status))
             }
             Err(reason) => {
-                fail(&totals, reason);
-                roll_back(&mut seqs, plan.batch, channel_of);
                 client = None;
+                Some(reason)
+            }
+        };
+        if let Some(reason) = refused {
+            // Not published: give the numbers back so subscribers see no gap.
+            fail(&totals, reason);
+            count(&totals, plan.batch, channel_of, -1);
+            for j in 0..plan.batch {
+                let c = channel_of(j);
+                seqs[c] = seqs[c].saturating_sub(1);
             }
         }
         r += plan.connections as u64;
@@ -163,12 +169,12 @@ fn build_body(body: &mut Vec<u8>, plan: &Plan, p: u32, first: u64, sent_ns: u64,
     }
 }
 
-/// Events of a refused request were not published: give their numbers back, so that
-/// subscribers do not count them as lost.
-fn roll_back(seqs: &mut [u64], batch: usize, channel_of: impl Fn(usize) -> usize) {
+/// Add (or take back) one event per batch member to its channel's owed count.
+fn count(totals: &Totals, batch: usize, channel_of: impl Fn(usize) -> usize, delta: i64) {
+    let mut per_channel = totals.per_channel.borrow_mut();
     for j in 0..batch {
-        let c = channel_of(j);
-        seqs[c] = seqs[c].saturating_sub(1);
+        let c = &mut per_channel[channel_of(j)];
+        *c = c.saturating_add_signed(delta);
     }
 }
 
@@ -184,7 +190,11 @@ fn build_request(out: &mut Vec<u8>, plan: &Plan, channel: &str, body: &[u8]) {
         PublishFormat::Raw => "text/plain",
     };
     out.extend_from_slice(b"POST ");
-    out.extend_from_slice(plan.endpoint.path_for(channel).as_bytes());
+    if plan.endpoint.path.contains("{channel}") {
+        out.extend_from_slice(plan.endpoint.path_for(channel).as_bytes());
+    } else {
+        out.extend_from_slice(plan.endpoint.path.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(plan.endpoint.host.as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: ");

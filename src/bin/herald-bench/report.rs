@@ -41,6 +41,8 @@ pub struct Report {
     /// `data:` lines that were not bench payloads.
     pub foreign: u64,
     pub delivered_per_sec: f64,
+    /// Owed deliveries per second of publishing (what was asked of the broker).
+    pub expected_per_sec: f64,
     /// From the start of publishing to the last delivery (at least --duration).
     pub delivery_window_s: f64,
     /// Publish-to-receive latency of first deliveries.
@@ -89,6 +91,9 @@ pub struct Target {
     pub error: Option<String>,
 }
 
+/// Load-tool CPU (% of one core) past which the tool, not the broker, may be the limit.
+const SATURATED_PERCENT: f64 = 85.0;
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
 }
@@ -135,8 +140,8 @@ pub fn table(r: &Report) -> String {
         (
             "delivered rate",
             format!(
-                "{:.0} events/s over {:.1} s",
-                r.delivered_per_sec, r.delivery_window_s
+                "{:.0} events/s over {:.1} s (asked {:.0}/s)",
+                r.delivered_per_sec, r.delivery_window_s, r.expected_per_sec
             ),
         ),
         (
@@ -190,6 +195,12 @@ pub fn table(r: &Report) -> String {
             r.load_cpu_percent, r.workers
         ),
     ));
+    if r.load_cpu_percent > SATURATED_PERCENT {
+        rows.push((
+            "warning",
+            "the load tool was near a full core: figures may be the tool's limit".into(),
+        ));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
