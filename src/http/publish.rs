@@ -1,5 +1,6 @@
 //! `POST /publish`: authorise, read a bounded body, parse, publish, answer with the IDs.
 
+use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -7,7 +8,7 @@ use hyper::body::Incoming;
 use super::response::{self, ApiError, Body};
 use super::AppState;
 use crate::auth::Listener;
-use crate::hub::HubError;
+use crate::hub::{HubError, NewEvent};
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
 // Span fields are names and counts only: never the Authorization header or the body.
@@ -112,17 +113,36 @@ async fn publish(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string()).retry_after(1)
         }
     })?;
-    let ids: Vec<serde_json::Value> = published
-        .iter()
-        .map(|p| serde_json::json!({ "id": p.id.to_string(), "channel": p.channel }))
-        .collect();
-    let body = match format {
-        Format::Json if body.trim_ascii_start().starts_with(b"[") => {
-            serde_json::json!({ "events": ids })
+    let batch = format == Format::Json && body.trim_ascii_start().starts_with(b"[");
+    Ok(response::full(
+        StatusCode::OK,
+        "application/json",
+        published_json(&events, &published, batch),
+    ))
+}
+
+/// `{"id":"N","channel":"C"}`, or `{"events":[...]}` for a batch. Written directly: a
+/// batch of 1000 would otherwise build 1000 JSON maps. Channel names are validated to
+/// `A-Z a-z 0-9 _-.:/@`, so they need no escaping.
+fn published_json(events: &[NewEvent], ids: &[u64], batch: bool) -> Bytes {
+    let mut out = Vec::with_capacity(16 + ids.len() * 48);
+    if batch {
+        out.extend_from_slice(b"{\"events\":[");
+    }
+    for (i, (event, id)) in events.iter().zip(ids).enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        _ => ids.into_iter().next().unwrap_or_default(),
-    };
-    Ok(response::json(StatusCode::OK, &body))
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
+        out.extend_from_slice(b"\",\"channel\":\"");
+        out.extend_from_slice(event.channel.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    if batch {
+        out.extend_from_slice(b"]}");
+    }
+    Bytes::from(out)
 }
 
 fn publish_error(e: PublishError) -> ApiError {

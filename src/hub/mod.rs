@@ -71,13 +71,6 @@ pub struct NewEvent {
     pub retry: Option<u64>,
 }
 
-/// The ID and channel of a published event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub id: u64,
-    pub channel: String,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
     #[error("the node holds the maximum of {0} channels")]
@@ -170,8 +163,8 @@ impl Hub {
     }
 
     /// Publish a batch atomically: every event gets its ID and lands in its channel's
-    /// history before any subscriber can see any of them.
-    pub fn publish(&self, batch: &[NewEvent]) -> Result<Vec<Published>, HubError> {
+    /// history before any subscriber can see any of them. Returns the IDs in batch order.
+    pub fn publish(&self, batch: &[NewEvent]) -> Result<Vec<u64>, HubError> {
         if self.closing.load(Ordering::Relaxed) {
             return Err(HubError::ShuttingDown);
         }
@@ -216,10 +209,7 @@ impl Hub {
                     },
                     capacity,
                 );
-                published.push(Published {
-                    id,
-                    channel: ev.channel.clone(),
-                });
+                published.push(id);
             }
             let wakers: Vec<_> = guards.iter_mut().flat_map(|g| g.take_waiters()).collect();
             drop(guards);

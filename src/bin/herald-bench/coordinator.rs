@@ -189,6 +189,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
             })
             .collect();
         pump(&mut agg, &mut rx, &totals, window_end, |_| false).await;
+        agg.phase = "finish";
         let all_done = || totals.finished.get() == args.publish_connections;
         pump(
             &mut agg,

@@ -45,8 +45,9 @@ use publisher::PublishFormat;
     long_about = "Load tool for Server-Sent Events brokers on this machine (herald, Nchan, ...).
 
 A run: open --subscribers streams (paced by --connect-rate), wait --settle seconds, publish
-for --duration seconds at --rate events/s (or --flood), wait up to --grace seconds for the
-last deliveries, then print a table (and --json FILE). Progress goes to stderr every second.
+for --duration seconds at --rate events/s (or --flood), wait for the last deliveries (until
+none arrives for --grace seconds), then print a table (and --json FILE). Progress goes to
+stderr every second.
 
 Every payload carries its publisher, a sequence number and the send time, so each
 subscriber counts deliveries, duplicates and gaps and records publish-to-receive latency.

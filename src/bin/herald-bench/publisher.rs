@@ -72,14 +72,17 @@ pub async fn publisher(p: usize, plan: Rc<Plan>, totals: Rc<Totals>) {
     let mut request = Vec::with_capacity(body.capacity() + 256);
     let mut r = p as u64;
     loop {
+        // A broker that answers slowly leaves a publisher behind its schedule: what it
+        // could not send in the window is not sent after it.
+        if Instant::now() >= plan.end {
+            break;
+        }
         if let Some(rate) = plan.rate {
             let due = plan.start + Duration::from_secs_f64((r * plan.batch as u64) as f64 / rate);
             if due >= plan.end {
                 break;
             }
             tokio::time::sleep_until(due).await;
-        } else if Instant::now() >= plan.end {
-            break;
         }
         if client.is_none() {
             match Client::connect(&plan.endpoint).await {

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# `make bench`: the standard workloads of the performance issue against herald, the naive
+# baseline broker (`herald-bench baseline`: hyper + one broadcast channel) and, when
+# nginx + Nchan are installed, Nchan, in the same run; then a side-by-side table.
+#
+#   bench/run.sh                  every workload, both brokers (~5-8 minutes)
+#   BENCH_BROKERS=herald bench/run.sh                herald alone
+#   BENCH_WORKLOADS="fanout-2 publish" bench/run.sh   a subset
+#   BENCH_SUBSCRIBERS=2000 bench/run.sh              smaller (quick look)
+#
+# Brokers run pinned to core 0 (`taskset -c 0`, nginx with one worker), the load tool on
+# core 1, so the broker's CPU figures are one core's worth. Each workload gets a fresh
+# broker process (memory figures start from an idle process). Only loopback addresses
+# are used: herald on 127.0.0.1:18080 (admin 19090), nginx + Nchan on 127.0.0.1:18081,
+# the baseline on 127.0.0.1:18082.
+#
+# Results: bench/results/latest.md and latest.json (the side-by-side table, every run,
+# the machine), and bench/results/runs/ (each run's report and progress log).
+# Everything this script starts is stopped by pid when it exits.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SUBS="${BENCH_SUBSCRIBERS:-10000}"
+BATCH="${BENCH_BATCH:-100}"
+WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 publish publish-batch storm channels-10k}"
+WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline}"
+NGINX="${NGINX:-/usr/sbin/nginx}"
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+
+HERALD_PORT=18080
+HERALD_ADMIN_PORT=19090
+NCHAN_PORT=18081
+BASELINE_PORT=18082
+RESULTS="$ROOT/bench/results"
+RUNS="$RESULTS/runs"
+SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")"
+
+HERALD_PID=""
+NGINX_PID=""
+BASELINE_PID=""
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+    local port=$1 pid=$2 i
+    for i in $(seq 1 100); do
+        if port_open "$port"; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stop one process by pid: TERM, then KILL after $2 seconds.
+stop_pid() {
+    local pid=$1 grace=${2:-15} i
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 $((grace * 10))); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    if declare -F stop_brokers >/dev/null; then stop_brokers 5; fi
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Two cores or more: broker on core 0, load on core 1. Fewer: no pinning.
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    PIN_BROKER=(taskset -c 0)
+    PIN_LOAD=(taskset -c 1)
+else
+    echo "bench: fewer than 2 cores (or no taskset): broker and load are not pinned" >&2
+    PIN_BROKER=()
+    PIN_LOAD=()
+fi
+
+# Each stream is a descriptor: take the hard limit (20,000 here) for brokers and tool.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+for port in $HERALD_PORT $HERALD_ADMIN_PORT $NCHAN_PORT $BASELINE_PORT; do
+    if port_open "$port"; then
+        echo "bench: 127.0.0.1:$port is in use; stop whatever listens there first" >&2
+        exit 1
+    fi
+done
+
+log "building release binaries"
+cargo build --release --bins
+HERALD="$ROOT/target/release/herald"
+BENCH="$ROOT/target/release/herald-bench"
+
+BROKERS=()
+for broker in $WANT_BROKERS; do
+    case "$broker" in
+        herald | baseline) BROKERS+=("$broker") ;;
+        nchan)
+            if [ -x "$NGINX" ] && [ -f "$NCHAN_MODULE" ]; then
+                BROKERS+=(nchan)
+            else
+                echo "bench: nginx or the Nchan module is missing ($NGINX, $NCHAN_MODULE): no Nchan" >&2
+                echo "       (Debian: apt-get install nginx libnginx-mod-nchan)" >&2
+            fi ;;
+        *) echo "bench: unknown broker $broker (herald, nchan, baseline)" >&2; exit 64 ;;
+    esac
+done
+
+start_herald() {
+    local attempt
+    for attempt in 1 2 3; do
+        "${PIN_BROKER[@]}" "$HERALD" --demo --config "$ROOT/bench/herald-bench.toml" \
+            >>"$SCRATCH/herald.log" 2>&1 &
+        HERALD_PID=$!
+        if wait_port $HERALD_PORT "$HERALD_PID"; then
+            TARGET_PIDS=(--target-pid "$HERALD_PID")
+            return 0
+        fi
+        # A port still held by something else: try again shortly.
+        stop_pid "$HERALD_PID" 2
+        HERALD_PID=""
+        sleep 2
+    done
+    echo "bench: herald did not start:" >&2
+    tail -5 "$SCRATCH/herald.log" >&2
+    return 1
+}
+
+start_nchan() {
+    local dir="$SCRATCH/nginx"
+    rm -rf "$dir"
+    mkdir -p "$dir/tmp"
+    "${PIN_BROKER[@]}" "$NGINX" -p "$dir/" -c "$ROOT/bench/nchan.conf" >>"$SCRATCH/nginx.log" 2>&1 &
+    NGINX_PID=$!
+    if ! wait_port $NCHAN_PORT "$NGINX_PID"; then
+        echo "bench: nginx did not start:" >&2
+        cat "$SCRATCH/nginx.log" "$dir/error.log" >&2 2>/dev/null || true
+        return 1
+    fi
+    local workers="" i
+    for i in $(seq 1 50); do
+        workers="$(pgrep -P "$NGINX_PID" || true)"
+        [ -n "$workers" ] && break
+        sleep 0.1
+    done
+    TARGET_PIDS=(--target-pid "$NGINX_PID")
+    for w in $workers; do TARGET_PIDS+=(--target-pid "$w"); done
+}
+
+start_baseline() {
+    "${PIN_BROKER[@]}" "$BENCH" baseline --listen "127.0.0.1:$BASELINE_PORT" \
+        >>"$SCRATCH/baseline.log" 2>&1 &
+    BASELINE_PID=$!
+    if ! wait_port $BASELINE_PORT "$BASELINE_PID"; then
+        echo "bench: the baseline broker did not start:" >&2
+        tail -5 "$SCRATCH/baseline.log" >&2
+        return 1
+    fi
+    TARGET_PIDS=(--target-pid "$BASELINE_PID")
+}
+
+stop_brokers() {
+    local grace=${1:-15}
+    stop_pid "$HERALD_PID" "$grace"
+    stop_pid "$NGINX_PID" "$grace"
+    stop_pid "$BASELINE_PID" "$grace"
+    HERALD_PID=""
+    NGINX_PID=""
+    BASELINE_PID=""
+}
+
+# The load tool's arguments for a workload; empty when the broker does not take part.
+workload_args() {
+    local workload=$1 broker=$2
+    case "$workload" in
+        idle) echo "--subscribers $SUBS --duration 3 --settle 3" ;;
+        fanout-2) echo "--subscribers $SUBS --rate 2 --duration 15" ;;
+        fanout-50) echo "--subscribers $SUBS --rate 50 --duration 10" ;;
+        publish) echo "--subscribers 0 --flood --duration 5 --settle 0" ;;
+        # Batches are a herald feature.
+        publish-batch) [ "$broker" = herald ] && echo "--subscribers 0 --flood --batch $BATCH --duration 5 --settle 0" ;;
+        storm) echo "--subscribers $SUBS --connect-rate 10000 --duration 2 --settle 0.5" ;;
+        channels-10k) echo "--subscribers $SUBS --channels $SUBS --rate 10000 --duration 10" ;;
+    esac
+}
+
+for workload in $WORKLOADS; do
+    case "$workload" in
+        idle | fanout-2 | fanout-50 | publish | publish-batch | storm | channels-10k) ;;
+        *) echo "bench: unknown workload $workload" >&2; exit 64 ;;
+    esac
+done
+
+rm -rf "$RUNS"
+mkdir -p "$RUNS"
+started=$(date +%s)
+for workload in $WORKLOADS; do
+    for broker in "${BROKERS[@]}"; do
+        args="$(workload_args "$workload" "$broker" || true)"
+        [ -n "$args" ] || continue
+        if ! "start_$broker"; then
+            echo "bench: skipping $workload / $broker" >&2
+            stop_brokers 2
+            continue
+        fi
+        case "$broker" in
+            herald)
+                urls=(--subscribe-url "http://127.0.0.1:$HERALD_PORT/events?channel={channel}"
+                      --publish-url "http://127.0.0.1:$HERALD_PORT/publish" --publish-format herald) ;;
+            nchan)
+                urls=(--subscribe-url "http://127.0.0.1:$NCHAN_PORT/sub?id={channel}"
+                      --publish-url "http://127.0.0.1:$NCHAN_PORT/pub?id={channel}" --publish-format raw) ;;
+            baseline)
+                urls=(--subscribe-url "http://127.0.0.1:$BASELINE_PORT/sub?id={channel}"
+                      --publish-url "http://127.0.0.1:$BASELINE_PORT/pub?id={channel}" --publish-format raw) ;;
+        esac
+        log "$workload / $broker: herald-bench $args"
+        # shellcheck disable=SC2086 # $args is a list of flags
+        if ! "${PIN_LOAD[@]}" "$BENCH" "${urls[@]}" $args "${TARGET_PIDS[@]}" \
+            --label "$workload" --broker "$broker" --json "$RUNS/$workload-$broker.json" \
+            2> >(tee "$RUNS/$workload-$broker.log" >&2); then
+            echo "bench: $workload / $broker failed (see $RUNS/$workload-$broker.log)" >&2
+        fi
+        stop_brokers
+    done
+done
+
+log "side by side (bench/results/latest.md)"
+"$BENCH" compare "$RUNS" \
+    --markdown "$RESULTS/latest.md" --json "$RESULTS/latest.json" \
+    --note "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with $(dpkg-query -W -f='libnginx-mod-nchan ${Version}' libnginx-mod-nchan 2>/dev/null || echo 'Nchan')" \
+    --note "$SUBS streams, ~100-byte events; broker on core 0, load on core 1; bench/run.sh took $(( $(date +%s) - started )) s"
