@@ -24,7 +24,7 @@ cd "$ROOT"
 
 SUBS="${BENCH_SUBSCRIBERS:-10000}"
 BATCH="${BENCH_BATCH:-100}"
-WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 publish publish-batch storm channels-10k}"
+WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
 WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
@@ -38,6 +38,7 @@ RUNS="$RESULTS/runs"
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")"
 
 HERALD_PID=""
+HERALD_ENV=""
 NGINX_PID=""
 BASELINE_PID=""
 
@@ -118,7 +119,7 @@ done
 start_herald() {
     local attempt
     for attempt in 1 2 3; do
-        "${PIN_BROKER[@]}" "$HERALD" --demo --config "$ROOT/bench/herald-bench.toml" \
+        env $HERALD_ENV "${PIN_BROKER[@]}" "$HERALD" --demo --config "$ROOT/bench/herald-bench.toml" \
             >>"$SCRATCH/herald.log" 2>&1 &
         HERALD_PID=$!
         if wait_port $HERALD_PORT "$HERALD_PID"; then
@@ -185,6 +186,8 @@ workload_args() {
         idle) echo "--subscribers $SUBS --duration 3 --settle 3" ;;
         fanout-2) echo "--subscribers $SUBS --rate 2 --duration 15" ;;
         fanout-50) echo "--subscribers $SUBS --rate 50 --duration 10" ;;
+        # herald with sse.coalesce_window = 250ms: fewer, fuller writes per subscriber.
+        fanout-50-coalesced) [ "$broker" = herald ] && echo "--subscribers $SUBS --rate 50 --duration 10" ;;
         publish) echo "--subscribers 0 --flood --duration 5 --settle 0" ;;
         # Batches are a herald feature.
         publish-batch) [ "$broker" = herald ] && echo "--subscribers 0 --flood --batch $BATCH --duration 5 --settle 0" ;;
@@ -195,7 +198,7 @@ workload_args() {
 
 for workload in $WORKLOADS; do
     case "$workload" in
-        idle | fanout-2 | fanout-50 | publish | publish-batch | storm | channels-10k) ;;
+        idle | fanout-2 | fanout-50 | fanout-50-coalesced | publish | publish-batch | storm | channels-10k) ;;
         *) echo "bench: unknown workload $workload" >&2; exit 64 ;;
     esac
 done
@@ -207,6 +210,8 @@ for workload in $WORKLOADS; do
     for broker in "${BROKERS[@]}"; do
         args="$(workload_args "$workload" "$broker" || true)"
         [ -n "$args" ] || continue
+        HERALD_ENV=""
+        [ "$workload" = fanout-50-coalesced ] && HERALD_ENV="HERALD_SSE__COALESCE_WINDOW=250ms"
         if ! "start_$broker"; then
             echo "bench: skipping $workload / $broker" >&2
             stop_brokers 2

@@ -70,6 +70,10 @@ pub struct SseConfig {
     pub retry: Duration,
     /// Event type sent when a resume cannot be served from history.
     pub reset_event: String,
+    /// A channel wakes its subscribers at most once per window; events published inside
+    /// it go out together at its end. Zero sends every publish at once.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,6 +292,9 @@ impl Config {
         }
         if self.sse.heartbeat_interval < Duration::from_millis(100) {
             return Err(invalid("sse.heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.sse.coalesce_window > Duration::from_secs(1) {
+            return Err(invalid("sse.coalesce_window", "must be at most 1s"));
         }
         if self.sse.retry.as_millis() > u32::MAX as u128 {
             return Err(invalid("sse.retry", "too large"));

@@ -93,6 +93,11 @@ pub async fn run(
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
 
+    let flusher = tokio::spawn({
+        let hub = hub.clone();
+        let stop = stop_admin.clone();
+        async move { hub.run_flusher(stop).await }
+    });
     let sweeper = tokio::spawn({
         let hub = hub.clone();
         let sweep_state = state.clone();
@@ -171,6 +176,7 @@ pub async fn run(
     let admin_conns = admin.await.unwrap_or_default();
     let _ = tokio::time::timeout(Duration::from_millis(500), admin_conns.wait()).await;
     let _ = sweeper.await;
+    let _ = flusher.await;
     info!("stopped");
 }
 

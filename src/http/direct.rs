@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Request, Version};
 use http_body_util::Either;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -264,7 +265,10 @@ impl<'a> Wire<'a> {
     ) -> io::Result<()> {
         let slices = self.slices();
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        let written = match io.try_write_vectored(&slices) {
+        // sendmsg rather than writev: same bytes, fewer kernel layers (no VFS file
+        // position lock), measurably cheaper per write in fan-out profiles.
+        let send = || socket2::SockRef::from(&*io).send_vectored(&slices);
+        let written = match io.try_io(Interest::WRITABLE, send) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),

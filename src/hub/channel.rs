@@ -64,6 +64,10 @@ pub(super) struct ChannelState {
     /// Set by the sweeper when the channel leaves the hub map; a publisher that raced with
     /// it retries on a fresh channel.
     pub removed: bool,
+    /// When subscribers were last woken, for the coalescing window.
+    pub last_wake: Option<tokio::time::Instant>,
+    /// A deferred wake is queued with the hub's flusher.
+    pub flush_queued: bool,
 }
 
 impl ChannelState {

@@ -14,7 +14,7 @@
 mod channel;
 mod subscription;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,6 +41,9 @@ pub struct HubSettings {
     pub max_subscribers_per_channel: usize,
     /// Event type of the event sent when a resume cannot be served.
     pub reset_event: String,
+    /// A channel wakes its subscribers at most once per window; publishes inside it are
+    /// delivered together at its end (one write carries several events). Zero is off.
+    pub coalesce_window: Duration,
 }
 
 impl HubSettings {
@@ -53,6 +56,7 @@ impl HubSettings {
             max_channels: config.limits.max_channels,
             max_subscribers_per_channel: config.limits.max_subscribers_per_channel,
             reset_event: config.sse.reset_event.clone(),
+            coalesce_window: config.sse.coalesce_window,
         }
     }
 
@@ -106,6 +110,10 @@ pub struct Hub {
     closing: AtomicBool,
     settings: HubSettings,
     metrics: Arc<Metrics>,
+    /// Channels whose wake was deferred by the coalescing window, in due order (every
+    /// window has the same length, so appending keeps the order).
+    flush_queue: Mutex<VecDeque<(tokio::time::Instant, Arc<Channel>)>>,
+    flush_ready: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -123,6 +131,8 @@ impl Hub {
             closing: AtomicBool::new(false),
             settings,
             metrics,
+            flush_queue: Mutex::new(VecDeque::new()),
+            flush_ready: tokio::sync::Notify::new(),
         })
     }
 
@@ -211,13 +221,90 @@ impl Hub {
                 );
                 published.push(id);
             }
-            let wakers: Vec<_> = guards.iter_mut().flat_map(|g| g.take_waiters()).collect();
+            let mut wakers = Vec::new();
+            let wake_at = tokio::time::Instant::now();
+            for (g, ch) in guards.iter_mut().zip(&touched) {
+                self.wake_or_defer(g, ch, wake_at, &mut wakers);
+            }
             drop(guards);
             self.metrics.events_published.inc_by(batch.len() as u64);
             for w in wakers {
                 w.wake();
             }
             return Ok(published);
+        }
+    }
+
+    /// Wake a channel's parked subscribers now, or, inside its coalescing window, queue
+    /// one wake for the window's end with the flusher.
+    fn wake_or_defer(
+        &self,
+        g: &mut ChannelState,
+        ch: &Arc<Channel>,
+        now: tokio::time::Instant,
+        wakers: &mut Vec<std::task::Waker>,
+    ) {
+        let window = self.settings.coalesce_window;
+        match g.last_wake {
+            Some(last) if !window.is_zero() && now < last + window => {
+                if !g.flush_queued {
+                    g.flush_queued = true;
+                    let mut queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
+                    queue.push_back((last + window, ch.clone()));
+                    drop(queue);
+                    self.flush_ready.notify_one();
+                }
+            }
+            _ => {
+                g.last_wake = Some(now);
+                wakers.extend(g.take_waiters());
+            }
+        }
+    }
+
+    /// Deliver deferred wakes as their windows end; runs until `stop`.
+    pub async fn run_flusher(&self, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = {
+                let queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.front().map(|(due, _)| *due)
+            };
+            match next {
+                None => {
+                    tokio::select! {
+                        _ = self.flush_ready.notified() => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Some(due) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let due: Vec<Arc<Channel>> = {
+                let mut queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut ready = Vec::new();
+                while queue.front().is_some_and(|(d, _)| *d <= now) {
+                    if let Some((_, ch)) = queue.pop_front() {
+                        ready.push(ch);
+                    }
+                }
+                ready
+            };
+            for ch in due {
+                let wakers = {
+                    let mut g = ch.lock();
+                    g.flush_queued = false;
+                    g.last_wake = Some(now);
+                    g.take_waiters()
+                };
+                for w in wakers {
+                    w.wake();
+                }
+            }
         }
     }
 

@@ -14,6 +14,7 @@ fn settings(history: usize, queue: usize) -> HubSettings {
         max_channels: 100,
         max_subscribers_per_channel: 100,
         reset_event: "reset".into(),
+        coalesce_window: Duration::ZERO,
     }
 }
 
@@ -285,4 +286,47 @@ fn merged_delivery_is_in_id_order_under_concurrent_publishing() {
         "IDs strictly increase"
     );
     assert_eq!(seen.len(), per_thread * channels.len());
+}
+
+/// Inside the coalescing window a publish does not wake parked subscribers at once; the
+/// flusher wakes them when the window ends, and they read every event in one poll.
+#[tokio::test(start_paused = true)]
+async fn coalescing_defers_wakes_to_the_window_end() {
+    let mut s = settings(100, 100);
+    s.coalesce_window = Duration::from_millis(50);
+    let hub = Hub::new(s, Arc::new(Metrics::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flusher = tokio::spawn({
+        let hub = hub.clone();
+        let stop = stop.clone();
+        async move { hub.run_flusher(stop).await }
+    });
+    let mut sub = hub.subscribe(&names(&["a"]), None).unwrap();
+    let counter = Arc::new(CountingWaker::default());
+    let waker = Waker::from(counter.clone());
+    drain(&mut sub, &waker);
+    hub.publish(&[ev("a", "1")]).unwrap();
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        1,
+        "an idle channel wakes at once"
+    );
+    assert_eq!(drain(&mut sub, &waker).0.len(), 1);
+    hub.publish(&[ev("a", "2")]).unwrap();
+    hub.publish(&[ev("a", "3")]).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        1,
+        "deferred inside the window"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        2,
+        "one wake at the window's end"
+    );
+    assert_eq!(drain(&mut sub, &waker).0.len(), 2);
+    stop.cancel();
+    flusher.await.unwrap();
 }
