@@ -247,13 +247,15 @@ async fn serve_public_connection(
         FirstRequest::Other(prefix) => {
             let timeouts = state.hub.metrics().write_timeouts.clone();
             let service = service_fn(move |req| http::serve_public(state.clone(), req, peer));
-            serve_http(
+            // Boxed: hyper's connection state is large, and an unboxed branch would size
+            // every connection task, idle event streams included, to fit it.
+            Box::pin(serve_http(
                 Prefixed::new(prefix, stream),
                 service,
                 limits,
                 timeouts,
                 closing,
-            )
+            ))
             .await
         }
         FirstRequest::TooLarge => direct::reject_too_large(stream).await,

@@ -55,14 +55,8 @@ pub async fn read_first_request(
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Request::new(&mut headers);
-            match parsed.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) if len > max_bytes => return Some(Err(true)),
-                Ok(httparse::Status::Complete(_)) => return Some(classify(&parsed)),
-                Ok(httparse::Status::Partial) if buf.len() >= max_bytes => return Some(Err(true)),
-                Ok(httparse::Status::Partial) => continue,
-                Err(_) => return Some(Err(false)),
+            if let Some(outcome) = parse_head(&buf, max_bytes) {
+                return Some(outcome);
             }
         }
     };
@@ -72,6 +66,19 @@ pub async fn read_first_request(
         Ok(Some(Err(false))) => FirstRequest::Other(buf),
         Ok(None) if !buf.is_empty() => FirstRequest::Other(buf),
         Ok(None) | Err(_) => FirstRequest::Gone,
+    }
+}
+
+/// Parse what has arrived: `None` while the head is incomplete.
+fn parse_head(buf: &[u8], max_bytes: usize) -> Option<Result<Request<()>, bool>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > max_bytes => Some(Err(true)),
+        Ok(httparse::Status::Complete(_)) => Some(classify(&parsed)),
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => Some(Err(true)),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Err(false)),
     }
 }
 
