@@ -7,7 +7,7 @@
 //! stream holds only its socket, its subscription and its timers; every wake-up writes
 //! whatever the subscriber has pending in one `write`.
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Method, Request, Version};
 use http_body_util::Either;
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::response::Body;
 use super::stream::SseStream;
@@ -130,7 +131,20 @@ pub async fn serve_subscription(
             out.put_slice(&collected.to_bytes());
             let _ = write_within(&mut io, &out, write_timeout, &timeouts).await;
         }
-        Either::Right(stream) => pump(io, stream, head, chunked, write_timeout, &timeouts).await,
+        Either::Right(stream) => {
+            Pump {
+                io,
+                stream,
+                head: Some(head.freeze()),
+                backlog: None,
+                stall: None,
+                write_timeout,
+                timeouts,
+                chunked,
+                finished: false,
+            }
+            .await
+        }
     }
 }
 
@@ -160,45 +174,91 @@ fn write_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, ch
     out.put_slice(b"\r\n");
 }
 
-/// Stream events until the stream ends or the client goes away.
-async fn pump(
-    mut io: TcpStream,
-    mut stream: SseStream,
-    head: BytesMut,
-    chunked: bool,
+/// Streams events until the stream ends or the client goes away. Written as a plain
+/// future rather than an `async fn`: this state lives as long as the stream (hours), and
+/// an `async` state machine would reserve room for every await point's locals at once.
+struct Pump {
+    io: TcpStream,
+    stream: SseStream,
+    /// The response head, sent with the first chunks.
+    head: Option<Bytes>,
+    /// Bytes the kernel has not taken yet (a full socket buffer: rare).
+    backlog: Option<Bytes>,
+    /// Armed while `backlog` makes no progress; allocated only then.
+    stall: Option<Pin<Box<Sleep>>>,
     write_timeout: Duration,
-    timeouts: &prometheus::IntCounter,
-) {
-    let mut head = Some(head.freeze());
-    let mut probe = [0u8; 16];
-    loop {
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let more = tokio::select! {
-            biased;
-            more = poll_fn(|cx| gather(&mut stream, cx, &mut chunks)) => more,
-            readable = io.readable() => {
-                // The client sends nothing after its request: readable means it closed
-                // (or sent junk, which is discarded).
-                match readable.and_then(|_| io.try_read(&mut probe)) {
-                    Ok(0) => return,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return,
+    timeouts: prometheus::IntCounter,
+    chunked: bool,
+    /// The final chunk is written (or in `backlog`): done once the backlog drains.
+    finished: bool,
+}
+
+impl Future for Pump {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(rest) = this.backlog.as_mut() {
+                match Pin::new(&mut this.io).poll_write(cx, rest) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        rest.advance(n);
+                        if rest.is_empty() {
+                            this.backlog = None;
+                            this.stall = None;
+                        } else {
+                            this.stall = None;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Pending => {
+                        let timeout = this.write_timeout;
+                        let stall = this
+                            .stall
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                        if stall.as_mut().poll(cx).is_ready() {
+                            this.timeouts.inc();
+                            this.stream.mark_ended("write_timeout");
+                            return Poll::Ready(());
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
-        };
-        let wire = Wire::new(head.take(), &chunks, chunked, !more);
-        if let Err(e) = wire.write(&mut io, write_timeout, timeouts).await {
-            let reason = if e.kind() == io::ErrorKind::TimedOut {
-                "write_timeout"
-            } else {
-                "client"
+            if this.finished || client_gone(&this.io, cx) {
+                return Poll::Ready(());
+            }
+            let mut chunks = Vec::new();
+            let more = match gather(&mut this.stream, cx, &mut chunks) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(more) => more,
             };
-            stream.mark_ended(reason);
-            return;
+            let wire = Wire::new(this.head.take(), &chunks, this.chunked, !more);
+            match wire.send(&this.io) {
+                Ok(None) => {}
+                Ok(Some(rest)) => this.backlog = Some(rest),
+                Err(_) => return Poll::Ready(()),
+            }
+            this.finished = !more;
         }
-        if !more {
-            return;
+    }
+}
+
+/// The client sends nothing after its request, so a readable socket means it closed (or
+/// sent junk, which is discarded). Registers for read readiness when it returns false.
+fn client_gone(io: &TcpStream, cx: &mut Context<'_>) -> bool {
+    let mut probe = [0u8; 16];
+    loop {
+        match io.poll_read_ready(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Ready(Ok(())) => match io.try_read(&mut probe) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return true,
+            },
         }
     }
 }
@@ -262,26 +322,19 @@ impl<'a> Wire<'a> {
         slices
     }
 
-    /// One vectored write in the common case (the kernel takes it all, no timer); the
-    /// rest, if any, is copied once and written under the write timeout.
-    async fn write(
-        &self,
-        io: &mut TcpStream,
-        timeout: Duration,
-        timeouts: &prometheus::IntCounter,
-    ) -> io::Result<()> {
+    /// One vectored `sendmsg` (rather than writev: same bytes, fewer kernel layers, no VFS
+    /// file-position lock). Returns what the kernel did not take, copied once.
+    fn send(&self, io: &TcpStream) -> io::Result<Option<Bytes>> {
         let slices = self.slices();
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        // sendmsg rather than writev: same bytes, fewer kernel layers (no VFS file
-        // position lock), measurably cheaper per write in fan-out profiles.
-        let send = || socket2::SockRef::from(&*io).send_vectored(&slices);
+        let send = || socket2::SockRef::from(io).send_vectored(&slices);
         let written = match io.try_io(Interest::WRITABLE, send) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
         if written == total {
-            return Ok(());
+            return Ok(None);
         }
         let mut rest = BytesMut::with_capacity(total - written);
         let mut skip = written;
@@ -293,7 +346,7 @@ impl<'a> Wire<'a> {
             rest.put_slice(&slice[skip..]);
             skip = 0;
         }
-        write_within(io, &rest, timeout, timeouts).await
+        Ok(Some(rest.freeze()))
     }
 }
 
