@@ -859,3 +859,40 @@ secret = "{SECRET}"
         }
     }
 }
+
+/// A stream refused by a limit (here the per-IP cap) does not spend its single-use ticket:
+/// the client retries after `Retry-After` with the same ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_keeps_its_ticket() {
+    let mut config = private_config();
+    config.limits.max_connections_per_ip = 1;
+    let server = TestServer::start(config).await;
+    let token = hs256(SECRET, &claims(&[], &["private:*"], 60));
+    let (status, answer) = ticket_request(&server.url("/tickets"), Some(&bearer(&token))).await;
+    assert_eq!(status, 200, "{answer}");
+    let ticket = answer["ticket"].as_str().expect("a ticket").to_string();
+
+    let mut holder = SseClient::connect(&server.url("/events?channel=public")).await;
+    holder.expect_preamble().await;
+    let url = server.url(&format!("/events?channel=private:1&ticket={ticket}"));
+    let refused = SseClient::connect(&url).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refusal_code(refused).await, "max_connections_per_ip");
+
+    drop(holder);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut s = SseClient::connect(&url).await;
+        if s.status == 200 {
+            s.expect_preamble().await;
+            break;
+        }
+        assert_eq!(s.status, 429, "only the per-IP cap may refuse it");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

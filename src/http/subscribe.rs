@@ -105,13 +105,6 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
     let span = tracing::Span::current();
     span.record("channel", request.channels.join(",").as_str());
     span.record("channels", request.channels.len() as i64);
-    let private = state.auth.private_among(&request.channels);
-    if !private.is_empty() {
-        let grants = subscriber_grants(state, req, request.ticket.as_deref(), private[0])?;
-        if let Some(denied) = grants.first_denied(private.iter().copied()) {
-            return Err(AuthError::Forbidden(denied.to_string()).into());
-        }
-    }
     let retry_after = limits.retry_after.as_secs().max(1);
     if state.hub.is_closing() {
         return Err(ApiError::new(
@@ -148,6 +141,14 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
         };
         ApiError::new(status, refusal.code(), message).retry_after(secs)
     })?;
+    // After admission, so a refused stream (429/503) does not spend its single-use ticket.
+    let private = state.auth.private_among(&request.channels);
+    if !private.is_empty() {
+        let grants = subscriber_grants(state, req, request.ticket.as_deref(), private[0])?;
+        if let Some(denied) = grants.first_denied(private.iter().copied()) {
+            return Err(AuthError::Forbidden(denied.to_string()).into());
+        }
+    }
     let subscription = state
         .hub
         .subscribe(&request.channels, request.last_event_id.as_deref())
