@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::http::direct::{self, FirstRequest, Prefixed};
+use crate::http::direct::{self, FirstRequest};
+use crate::http::prefixed::Prefixed;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubSettings};
 use crate::metrics::Metrics;

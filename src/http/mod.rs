@@ -4,6 +4,7 @@
 mod admin;
 mod cors;
 pub mod direct;
+pub mod prefixed;
 mod publish;
 pub mod response;
 pub mod stream;

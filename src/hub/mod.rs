@@ -12,6 +12,7 @@
 //! earlier process is recognised as outside history.
 
 mod channel;
+mod flush;
 mod subscription;
 
 use std::collections::{HashMap, VecDeque};
@@ -232,79 +233,6 @@ impl Hub {
                 w.wake();
             }
             return Ok(published);
-        }
-    }
-
-    /// Wake a channel's parked subscribers now, or, inside its coalescing window, queue
-    /// one wake for the window's end with the flusher.
-    fn wake_or_defer(
-        &self,
-        g: &mut ChannelState,
-        ch: &Arc<Channel>,
-        now: tokio::time::Instant,
-        wakers: &mut Vec<std::task::Waker>,
-    ) {
-        let window = self.settings.coalesce_window;
-        match g.last_wake {
-            Some(last) if !window.is_zero() && now < last + window => {
-                if !g.flush_queued {
-                    g.flush_queued = true;
-                    let mut queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
-                    queue.push_back((last + window, ch.clone()));
-                    drop(queue);
-                    self.flush_ready.notify_one();
-                }
-            }
-            _ => {
-                g.last_wake = Some(now);
-                wakers.extend(g.take_waiters());
-            }
-        }
-    }
-
-    /// Deliver deferred wakes as their windows end; runs until `stop`.
-    pub async fn run_flusher(&self, stop: tokio_util::sync::CancellationToken) {
-        loop {
-            let next = {
-                let queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
-                queue.front().map(|(due, _)| *due)
-            };
-            match next {
-                None => {
-                    tokio::select! {
-                        _ = self.flush_ready.notified() => continue,
-                        _ = stop.cancelled() => return,
-                    }
-                }
-                Some(due) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(due) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            }
-            let now = tokio::time::Instant::now();
-            let due: Vec<Arc<Channel>> = {
-                let mut queue = self.flush_queue.lock().unwrap_or_else(|e| e.into_inner());
-                let mut ready = Vec::new();
-                while queue.front().is_some_and(|(d, _)| *d <= now) {
-                    if let Some((_, ch)) = queue.pop_front() {
-                        ready.push(ch);
-                    }
-                }
-                ready
-            };
-            for ch in due {
-                let wakers = {
-                    let mut g = ch.lock();
-                    g.flush_queued = false;
-                    g.last_wake = Some(now);
-                    g.take_waiters()
-                };
-                for w in wakers {
-                    w.wake();
-                }
-            }
         }
     }
 
