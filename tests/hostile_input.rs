@@ -1369,37 +1369,11 @@ async fn hostile_corpus_leaves_the_broker_healthy() {
         got, expected,
         "the watcher saw exactly the accepted publishes"
     );
-    for (i, (e, id)) in marker_events.iter().zip(&markers).enumerate() {
-        assert_eq!(
-            (
-                e.event_type.as_str(),
-                e.data.as_str(),
-                e.last_event_id.as_str()
-            ),
-            (
-                "marker",
-                format!("after-{i}").as_str(),
-                id.to_string().as_str()
-            )
-        );
-    }
+    assert_markers(marker_events, &markers);
     // A subscriber that arrived after the corpus sees the markers and nothing else.
     let fresh_events = fresh.events(N, WAIT).await;
     assert_ids_increase(&fresh_events);
-    for (i, (e, id)) in fresh_events.iter().zip(&markers).enumerate() {
-        assert_eq!(
-            (
-                e.event_type.as_str(),
-                e.data.as_str(),
-                e.last_event_id.as_str()
-            ),
-            (
-                "marker",
-                format!("after-{i}").as_str(),
-                id.to_string().as_str()
-            )
-        );
-    }
+    assert_markers(&fresh_events, &markers);
     println!(
         "after the corpus: {} accepted hostile-looking events and {N} markers arrived intact",
         expected.len()
@@ -1478,6 +1452,25 @@ async fn json_duplicate_keys_are_refused() {
         assert_eq!(status, 400, "{body} answered {status} {answer}");
     }
     server.stop().await;
+}
+
+/// Each event is marker `after-i` with the ID its publish answered.
+fn assert_markers(events: &[Parsed], ids: &[u64]) {
+    assert_eq!(events.len(), ids.len());
+    for (i, (e, id)) in events.iter().zip(ids).enumerate() {
+        assert_eq!(
+            (
+                e.event_type.as_str(),
+                e.data.as_str(),
+                e.last_event_id.as_str()
+            ),
+            (
+                "marker",
+                format!("after-{i}").as_str(),
+                id.to_string().as_str()
+            )
+        );
+    }
 }
 
 /// A client that sends part of a body and stalls must not hold its connection forever:

@@ -101,21 +101,10 @@ async fn request_heads_over_max_header_bytes_get_431() {
     let server = TestServer::start(config).await;
 
     let mut big = connect_raw(server.public, None, None).await;
-    let filler = "a".repeat(10_000);
-    send_get(
-        &mut big,
-        "/events?channel=big",
-        &format!("X-Big: {filler}\r\n"),
-    )
-    .await;
-    let (status, head) = read_status(&mut big, ANSWER_DEADLINE)
-        .await
-        .expect("an answer to the oversized head");
-    eprintln!(
-        "max_header_bytes 8192: a 10 KB head got {:?}",
-        String::from_utf8_lossy(&head).lines().next()
+    assert_eq!(
+        oversized_head_status(&mut big, "a first request").await,
+        431
     );
-    assert_eq!(status, 431);
 
     // A head well within the limit is served as usual.
     let mut fine = connect_raw(server.public, None, None).await;
@@ -138,21 +127,29 @@ async fn request_heads_over_max_header_bytes_get_431() {
         .await
         .expect("first answer");
     assert_eq!(status, 404);
+    assert_eq!(
+        oversized_head_status(&mut kept, "a second request on a kept-alive connection").await,
+        431
+    );
+}
+
+/// Send a subscribe whose head carries a 10 KB header; the status it gets.
+async fn oversized_head_status(stream: &mut TcpStream, what: &str) -> u16 {
     let filler = "a".repeat(10_000);
     send_get(
-        &mut kept,
+        stream,
         "/events?channel=big",
         &format!("X-Big: {filler}\r\n"),
     )
     .await;
-    let (status, head) = read_status(&mut kept, ANSWER_DEADLINE)
+    let (status, head) = read_status(stream, ANSWER_DEADLINE)
         .await
-        .expect("an answer to the oversized second head");
+        .expect("an answer to the oversized head");
     eprintln!(
-        "  on a kept-alive connection a 10 KB second head got {:?}",
+        "max_header_bytes 8192: a 10 KB head on {what} got {:?}",
         String::from_utf8_lossy(&head).lines().next()
     );
-    assert_eq!(status, 431);
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
