@@ -19,5 +19,5 @@ async fn in_process_and_binary_start() {
         .text()
         .await
         .unwrap();
-    assert!(body.contains("ready"), "{body}");
+    assert!(body.contains("\"status\":\"ready\""), "{body}");
 }

@@ -47,6 +47,11 @@ impl TestServer {
         let task = tokio::spawn(server::run(config, options, listeners, async {
             let _ = rx.await;
         }));
+        // `run` flips readiness just after it starts serving; wait for it so that tests
+        // never race a /readyz that is still (correctly) saying "not yet".
+        tokio::task::spawn_blocking(move || wait_ready(admin))
+            .await
+            .expect("readiness wait");
         Self {
             public,
             admin,
@@ -145,13 +150,16 @@ impl HeraldProcess {
         };
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
         let addr = |k: &str| v["fields"][k].as_str().unwrap().parse().unwrap();
-        Self {
+        let process = Self {
             public: addr("public"),
             admin: addr("admin"),
             child,
             dir,
             stderr_lines: lines,
-        }
+        };
+        // Built first, so a panic here still kills the child on drop.
+        wait_ready(process.admin);
+        process
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -212,6 +220,25 @@ impl Drop for HeraldProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Wait (10 s deadline) until the admin listener's `/readyz` answers 200.
+pub fn wait_ready(admin: SocketAddr) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("herald at {admin} never became ready");
 }
 
 pub fn herald_bin() -> PathBuf {
