@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: the standard workloads of the performance issue against herald, the naive
-# baseline broker (`herald-bench baseline`: hyper + one broadcast channel) and, when
-# nginx + Nchan are installed, Nchan, in the same run; then a side-by-side table.
+# baseline broker (`herald-bench baseline`: hyper + one broadcast channel), the floor
+# (`herald-bench floor`: one write() per subscriber in a loop, no broker; idle, fanout-2
+# and publish only) and, when nginx + Nchan are installed, Nchan, in the same run; then a
+# side-by-side table.
 #
 #   bench/run.sh                  every workload, both brokers (~5-8 minutes)
 #   BENCH_BROKERS=herald bench/run.sh                herald alone
@@ -12,7 +14,7 @@
 # core 1, so the broker's CPU figures are one core's worth. Each workload gets a fresh
 # broker process (memory figures start from an idle process). Only loopback addresses
 # are used: herald on 127.0.0.1:18080 (admin 19090), nginx + Nchan on 127.0.0.1:18081,
-# the baseline on 127.0.0.1:18082.
+# the baseline on 127.0.0.1:18082, the floor on 127.0.0.1:18083.
 #
 # Results: bench/results/latest.md and latest.json (the side-by-side table, every run,
 # the machine), and bench/results/runs/ (each run's report and progress log).
@@ -25,7 +27,7 @@ cd "$ROOT"
 SUBS="${BENCH_SUBSCRIBERS:-10000}"
 BATCH="${BENCH_BATCH:-100}"
 WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
-WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline}"
+WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline floor}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 
@@ -33,6 +35,7 @@ HERALD_PORT=18080
 HERALD_ADMIN_PORT=19090
 NCHAN_PORT=18081
 BASELINE_PORT=18082
+FLOOR_PORT=18083
 RESULTS="$ROOT/bench/results"
 RUNS="$RESULTS/runs"
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")"
@@ -41,6 +44,7 @@ HERALD_PID=""
 HERALD_ENV=""
 NGINX_PID=""
 BASELINE_PID=""
+FLOOR_PID=""
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -89,7 +93,7 @@ fi
 # Each stream is a descriptor: take the hard limit (20,000 here) for brokers and tool.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-for port in $HERALD_PORT $HERALD_ADMIN_PORT $NCHAN_PORT $BASELINE_PORT; do
+for port in $HERALD_PORT $HERALD_ADMIN_PORT $NCHAN_PORT $BASELINE_PORT $FLOOR_PORT; do
     if port_open "$port"; then
         echo "bench: 127.0.0.1:$port is in use; stop whatever listens there first" >&2
         exit 1
@@ -104,7 +108,7 @@ BENCH="$ROOT/target/release/herald-bench"
 BROKERS=()
 for broker in $WANT_BROKERS; do
     case "$broker" in
-        herald | baseline) BROKERS+=("$broker") ;;
+        herald | baseline | floor) BROKERS+=("$broker") ;;
         nchan)
             if [ -x "$NGINX" ] && [ -f "$NCHAN_MODULE" ]; then
                 BROKERS+=(nchan)
@@ -112,7 +116,7 @@ for broker in $WANT_BROKERS; do
                 echo "bench: nginx or the Nchan module is missing ($NGINX, $NCHAN_MODULE): no Nchan" >&2
                 echo "       (Debian: apt-get install nginx libnginx-mod-nchan)" >&2
             fi ;;
-        *) echo "bench: unknown broker $broker (herald, nchan, baseline)" >&2; exit 64 ;;
+        *) echo "bench: unknown broker $broker (herald, nchan, baseline, floor)" >&2; exit 64 ;;
     esac
 done
 
@@ -169,19 +173,38 @@ start_baseline() {
     TARGET_PIDS=(--target-pid "$BASELINE_PID")
 }
 
+start_floor() {
+    "${PIN_BROKER[@]}" "$BENCH" floor --listen "127.0.0.1:$FLOOR_PORT" \
+        >>"$SCRATCH/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    if ! wait_port $FLOOR_PORT "$FLOOR_PID"; then
+        echo "bench: the floor server did not start:" >&2
+        tail -5 "$SCRATCH/floor.log" >&2
+        return 1
+    fi
+    TARGET_PIDS=(--target-pid "$FLOOR_PID")
+}
+
 stop_brokers() {
     local grace=${1:-15}
     stop_pid "$HERALD_PID" "$grace"
     stop_pid "$NGINX_PID" "$grace"
     stop_pid "$BASELINE_PID" "$grace"
+    stop_pid "$FLOOR_PID" "$grace"
     HERALD_PID=""
     NGINX_PID=""
     BASELINE_PID=""
+    FLOOR_PID=""
 }
 
 # The load tool's arguments for a workload; empty when the broker does not take part.
 workload_args() {
     local workload=$1 broker=$2
+    # The floor is a measuring stick for one write per event, not a broker.
+    case "$broker:$workload" in
+        floor:idle | floor:fanout-2 | floor:publish) ;;
+        floor:*) return 0 ;;
+    esac
     case "$workload" in
         idle) echo "--subscribers $SUBS --duration 3 --settle 3" ;;
         fanout-2) echo "--subscribers $SUBS --rate 2 --duration 15" ;;
@@ -224,9 +247,11 @@ for workload in $WORKLOADS; do
             nchan)
                 urls=(--subscribe-url "http://127.0.0.1:$NCHAN_PORT/sub?id={channel}"
                       --publish-url "http://127.0.0.1:$NCHAN_PORT/pub?id={channel}" --publish-format raw) ;;
-            baseline)
-                urls=(--subscribe-url "http://127.0.0.1:$BASELINE_PORT/sub?id={channel}"
-                      --publish-url "http://127.0.0.1:$BASELINE_PORT/pub?id={channel}" --publish-format raw) ;;
+            baseline | floor)
+                port=$BASELINE_PORT
+                [ "$broker" = floor ] && port=$FLOOR_PORT
+                urls=(--subscribe-url "http://127.0.0.1:$port/sub?id={channel}"
+                      --publish-url "http://127.0.0.1:$port/pub?id={channel}" --publish-format raw) ;;
         esac
         log "$workload / $broker: herald-bench $args"
         # shellcheck disable=SC2086 # $args is a list of flags

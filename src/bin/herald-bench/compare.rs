@@ -64,6 +64,13 @@ const FIGURES: &[Figure] = &[
         goal: "<= 8",
     },
     Figure {
+        title: "of that CPU, share in the kernel (system time), %",
+        label: "fanout-2",
+        pointer: "/target/sys_percent_of_cpu",
+        digits: 0,
+        goal: "",
+    },
+    Figure {
         title: "latency p50 at 2 events/s, ms",
         label: "fanout-2",
         pointer: "/latency_ms/p50",
@@ -124,6 +131,13 @@ const FIGURES: &[Figure] = &[
         label: "publish",
         pointer: "/target/cpu_us_per_published",
         digits: 2,
+        goal: "",
+    },
+    Figure {
+        title: "of that CPU, share in the kernel (system time), %",
+        label: "publish",
+        pointer: "/target/sys_percent_of_cpu",
+        digits: 0,
         goal: "",
     },
     Figure {

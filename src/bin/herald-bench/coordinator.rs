@@ -365,6 +365,12 @@ fn build_target(
             t.cpu_percent = cpu_us / 1e6 / window_s * 100.0;
             t.cpu_us_per_delivery = (delivered > 0).then(|| cpu_us / delivered as f64);
             t.cpu_us_per_published = (published > 0).then(|| cpu_us / published as f64);
+            let sys_us = end.sys_us.saturating_sub(start.sys_us) as f64;
+            t.sys_percent_of_cpu = if cpu_us > 0.0 {
+                sys_us / cpu_us * 100.0
+            } else {
+                0.0
+            };
         }
     }
     t

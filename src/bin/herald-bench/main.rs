@@ -17,11 +17,13 @@
 //! - [`report`] — the final table and JSON
 //! - [`compare`] — side-by-side tables of several runs (what `make bench` prints)
 //! - [`baseline`] — the naive hyper + broadcast SSE broker, for reference
+//! - [`floor`] — one `write()` per subscriber in a loop: the least any broker can do here
 
 mod aggregate;
 mod baseline;
 mod compare;
 mod coordinator;
+mod floor;
 mod procfs;
 mod publisher;
 mod report;
@@ -60,7 +62,8 @@ Examples:
       --publish-url 'http://127.0.0.1:8081/pub?id={channel}' --publish-format raw \\
       --subscribers 10000 --rate 50
   herald-bench compare bench/results/runs
-  herald-bench baseline --listen 127.0.0.1:18082",
+  herald-bench baseline --listen 127.0.0.1:18082
+  herald-bench floor --listen 127.0.0.1:18083",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -79,6 +82,13 @@ enum Command {
     /// channel, one body frame per event): POST /pub?id=CH, GET /sub?id=CH.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:18082")]
+        listen: std::net::SocketAddr,
+    },
+    /// Serve the floor: no broker, one `write()` per subscriber per event in a plain
+    /// loop, on one thread (what any broker pays at least here): POST /pub?id=CH,
+    /// GET /sub?id=CH.
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:18083")]
         listen: std::net::SocketAddr,
     },
     /// Internal: a worker process started by a run.
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
             .and_then(worker::run),
         Some(Command::Compare(args)) => compare::run(&args),
         Some(Command::Baseline { listen }) => baseline::run(listen),
+        Some(Command::Floor { listen }) => floor::run(listen),
         None => match cli.run.check() {
             Err(e) => {
                 eprintln!("herald-bench: {e}");

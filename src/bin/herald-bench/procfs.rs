@@ -9,6 +9,8 @@ pub struct Sample {
     pub rss_kib: u64,
     /// user + system CPU time, microseconds, summed over the processes.
     pub cpu_us: u64,
+    /// The system (kernel) part of `cpu_us`: syscalls and the network stack work they do.
+    pub sys_us: u64,
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times (USER_HZ): 100 on every Linux
@@ -35,6 +37,7 @@ pub fn sample(pids: &[u32]) -> io::Result<Sample> {
             .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}: {e}")))?;
         total.rss_kib += s.rss_kib;
         total.cpu_us += s.cpu_us;
+        total.sys_us += s.sys_us;
     }
     Ok(total)
 }
@@ -48,11 +51,13 @@ fn sample_one(pid: &str) -> io::Result<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rss_kib = parse_vm_rss(&status).unwrap_or(0);
-    let ticks = parse_cpu_ticks(&stat)
+    let (utime, stime) = parse_cpu_ticks(&stat)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable stat"))?;
+    let us = |ticks: u64| ticks * 1_000_000 / ticks_per_second();
     Ok(Sample {
         rss_kib,
-        cpu_us: ticks * 1_000_000 / ticks_per_second(),
+        cpu_us: us(utime + stime),
+        sys_us: us(stime),
     })
 }
 
@@ -64,14 +69,14 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// utime + stime: fields 14 and 15 of `stat`, counted after the `(comm)` field, which
+/// (utime, stime): fields 14 and 15 of `stat`, counted after the `(comm)` field, which
 /// may itself hold spaces and parentheses.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 #[cfg(test)]
@@ -82,7 +87,7 @@ mod tests {
     fn parses_proc_files() {
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   1234 kB\n"), Some(1234));
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_cpu_ticks(stat), Some((250, 75)));
     }
 
     #[test]

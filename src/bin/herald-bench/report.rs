@@ -87,6 +87,8 @@ pub struct Target {
     pub cpu_percent: f64,
     pub cpu_us_per_delivery: Option<f64>,
     pub cpu_us_per_published: Option<f64>,
+    /// The kernel (system time) part of `cpu_s`.
+    pub sys_percent_of_cpu: f64,
     /// Set when /proc could not be read (process gone?).
     pub error: Option<String>,
 }
@@ -174,7 +176,10 @@ pub fn table(r: &Report) -> String {
         ));
         rows.push((
             "target CPU while publishing",
-            format!("{:.2} s ({:.0}% of a core)", t.cpu_s, t.cpu_percent),
+            format!(
+                "{:.2} s ({:.0}% of a core; {:.0}% of it in the kernel)",
+                t.cpu_s, t.cpu_percent, t.sys_percent_of_cpu
+            ),
         ));
         rows.push((
             "target CPU per delivery / per publish",
