@@ -85,14 +85,29 @@ pub fn parse(
 }
 
 fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, PublishError> {
+    let syntax =
+        |e: serde_json::Error| invalid("invalid_json", format!("body is not valid JSON: {e}"));
+    // One object, the common case, is read in one pass. Should that fail for a reason other
+    // than syntax (say an unknown field), the whole body is then checked, so that broken
+    // JSON is always reported as such, whatever comes first in it.
+    if body.trim_ascii_start().first() == Some(&b'{') {
+        let single = std::str::from_utf8(body)
+            .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {e}")))
+            .and_then(|text| json_event(text, limits, ""));
+        return match single {
+            Err(e) if e.code != "invalid_json" => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(syntax)?;
+                Err(e)
+            }
+            other => other.map(|event| vec![event]),
+        };
+    }
     // Validate the syntax of the whole body first; events are then read from their raw
     // text, so repeated keys are refused instead of silently keeping the last one.
-    let raw: &RawValue = serde_json::from_slice(body)
-        .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {e}")))?;
+    let raw: &RawValue = serde_json::from_slice(body).map_err(syntax)?;
     match raw.get().as_bytes().first() {
         Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {e}")))?;
+            let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(syntax)?;
             if items.is_empty() {
                 return Err(invalid("empty_batch", "the batch array is empty"));
             }
@@ -110,10 +125,9 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| json_event(item, limits, &format!("[{i}].")))
+                .map(|(i, item)| json_event(item.get(), limits, &format!("[{i}].")))
                 .collect()
         }
-        Some(b'{') => Ok(vec![json_event(raw, limits, "")?]),
         _ => Err(invalid(
             "invalid_json",
             "body must be a JSON object (one event) or an array of objects (a batch)",
@@ -121,36 +135,49 @@ fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<Vec<NewEvent>, Publ
     }
 }
 
-/// The fields of one JSON event. Deriving the reader makes serde refuse unknown and
-/// repeated fields; the types are checked by hand so each refusal names its field.
+/// The fields of one JSON event, as their JSON text. Deriving the reader makes serde refuse
+/// unknown and repeated fields; the types are checked by hand so each refusal names its
+/// field.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JsonFields {
-    #[serde(default, deserialize_with = "present")]
-    channel: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    event: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    data: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    retry: Option<Value>,
+struct JsonFields<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    channel: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    event: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    retry: Option<&'a RawValue>,
 }
 
-/// A field that is present is `Some`, even when it is `null` (`"data": null` publishes
-/// the text `null`); only a missing field is `None`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// A field that is present is `Some`, `null` included (plain `Option` would read `null`
+/// as missing); only a missing field is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A JSON string's value, or `None` for any other JSON value.
+fn json_string(raw: &RawValue) -> Option<String> {
+    raw.get()
+        .starts_with('"')
+        .then(|| serde_json::from_str(raw.get()).ok())
+        .flatten()
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
 }
 
 /// One JSON event object.
-fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEvent, PublishError> {
-    if !item.get().starts_with('{') {
+fn json_event(item: &str, limits: &PublishLimits, at: &str) -> Result<NewEvent, PublishError> {
+    if !item.starts_with('{') {
         return Err(invalid(
             "invalid_event",
             format!("{at}: each event must be a JSON object"),
         ));
     }
-    let fields: JsonFields = serde_json::from_str(item.get()).map_err(|e| match e.classify() {
+    let fields: JsonFields = serde_json::from_str(item).map_err(|e| match e.classify() {
         // Nesting beyond serde_json's recursion limit surfaces here, not in the first pass.
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             invalid("invalid_json", format!("body is not valid JSON: {at}{e}"))
@@ -160,45 +187,41 @@ fn json_event(item: &RawValue, limits: &PublishLimits, at: &str) -> Result<NewEv
             format!("{at}{e} (fields: channel, event, data, retry; IDs are assigned by herald)"),
         ),
     })?;
-    let channel = match fields.channel {
-        Some(Value::String(s)) => s,
-        None => {
-            return Err(invalid(
-                "missing_channel",
-                format!("{at}channel: missing field"),
-            ))
-        }
-        Some(_) => {
-            return Err(invalid(
-                "invalid_channel",
-                format!("{at}channel: must be a string"),
-            ))
-        }
+    let Some(channel) = fields.channel else {
+        return Err(invalid(
+            "missing_channel",
+            format!("{at}channel: missing field"),
+        ));
     };
+    let channel = json_string(channel)
+        .ok_or_else(|| invalid("invalid_channel", format!("{at}channel: must be a string")))?;
     let event = match fields.event {
-        Some(Value::String(s)) => Some(s),
-        None | Some(Value::Null) => None,
-        Some(_) => {
-            return Err(invalid(
-                "invalid_event_type",
-                format!("{at}event: must be a string"),
-            ))
-        }
+        None => None,
+        Some(raw) if is_null(raw) => None,
+        Some(raw) => Some(json_string(raw).ok_or_else(|| {
+            invalid("invalid_event_type", format!("{at}event: must be a string"))
+        })?),
     };
-    let data = match fields.data {
-        Some(Value::String(s)) => s,
-        Some(other) => other.to_string(),
-        None => return Err(invalid("missing_data", format!("{at}data: missing field"))),
+    let Some(data) = fields.data else {
+        return Err(invalid("missing_data", format!("{at}data: missing field")));
+    };
+    // Any other JSON value is published as its compact text (`"data": null` publishes
+    // `null`).
+    let data = match json_string(data) {
+        Some(text) => text,
+        None => serde_json::from_str::<Value>(data.get())
+            .map_err(|e| invalid("invalid_json", format!("body is not valid JSON: {at}{e}")))?
+            .to_string(),
     };
     let retry = match fields.retry {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(_) => {
-            return Err(invalid(
+        None => None,
+        Some(raw) if is_null(raw) => None,
+        Some(raw) => Some(raw.get().parse::<u64>().map_err(|_| {
+            invalid(
                 "invalid_retry",
                 format!("{at}retry: must be a whole number of milliseconds"),
-            ))
-        }
+            )
+        })?),
     };
     checked(channel, event, data, retry, limits, at)
 }

@@ -21,7 +21,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::http::direct::{self, FirstRequest};
+use crate::http::direct;
+use crate::http::direct_publish::{self, After};
+use crate::http::head::{self, Head};
 use crate::http::prefixed::Prefixed;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubSettings};
@@ -225,7 +227,8 @@ where
     tasks
 }
 
-/// A public connection: its first request decides between the lean stream path and hyper.
+/// A public connection on the lean path: event streams and plain publishes are served
+/// here; the first other request hands the connection to hyper for the rest of its life.
 async fn serve_public_connection(
     state: Arc<AppState>,
     mut stream: TcpStream,
@@ -239,28 +242,42 @@ async fn serve_public_connection(
         // the write timeout even starts.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(limits.send_buffer_bytes);
     }
-    let first = tokio::select! {
-        first = direct::read_first_request(&mut stream, limits.max_header_bytes, limits.header_read_timeout) => first,
-        _ = closing.cancelled() => return,
-    };
-    match first {
-        FirstRequest::Subscribe(req) => direct::serve_subscription(state, stream, req, peer).await,
-        FirstRequest::Other(prefix) => {
-            let timeouts = state.hub.metrics().write_timeouts.clone();
-            let service = service_fn(move |req| http::serve_public(state.clone(), req, peer));
-            // Boxed: hyper's connection state is large, and an unboxed branch would size
-            // every connection task, idle event streams included, to fit it.
-            Box::pin(serve_http(
-                Prefixed::new(prefix, stream),
-                service,
-                limits,
-                timeouts,
-                closing,
-            ))
-            .await
+    let mut buf = Vec::new();
+    loop {
+        let next = tokio::select! {
+            next = head::read(&mut stream, &mut buf, limits.max_header_bytes, limits.header_read_timeout) => next,
+            _ = closing.cancelled() => return,
+        };
+        match next {
+            Head::Subscribe(req) => {
+                // A stream lives for hours: it must not keep the head buffer.
+                drop(std::mem::take(&mut buf));
+                return direct::serve_subscription(state, stream, req, peer).await;
+            }
+            Head::Publish(head) => {
+                let last = closing.is_cancelled();
+                let after = direct_publish::serve(&state, &mut stream, &mut buf, head, last).await;
+                if after == After::Close {
+                    return;
+                }
+            }
+            Head::Other => {
+                let timeouts = state.hub.metrics().write_timeouts.clone();
+                let service = service_fn(move |req| http::serve_public(state.clone(), req, peer));
+                // Boxed: hyper's connection state is large, and an unboxed branch would size
+                // every connection task, idle event streams included, to fit it.
+                return Box::pin(serve_http(
+                    Prefixed::new(buf, stream),
+                    service,
+                    limits,
+                    timeouts,
+                    closing,
+                ))
+                .await;
+            }
+            Head::TooLarge => return direct::reject_too_large(stream).await,
+            Head::Gone => return,
         }
-        FirstRequest::TooLarge => direct::reject_too_large(stream).await,
-        FirstRequest::Gone => {}
     }
 }
 

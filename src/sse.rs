@@ -74,11 +74,7 @@ fn field(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 fn encoded_len_hint(event: &Event<'_>) -> usize {
-    let lines = 1 + event
-        .data
-        .bytes()
-        .filter(|b| *b == b'\n' || *b == b'\r')
-        .count();
+    let lines = 1 + memchr::memchr2_iter(b'\n', b'\r', event.data.as_bytes()).count();
     event.data.len()
         + lines * 7
         + event.event.map_or(0, |e| e.len() + 8)
@@ -91,7 +87,7 @@ fn split_lines(data: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(data);
     std::iter::from_fn(move || {
         let text = rest?;
-        match text.find(['\r', '\n']) {
+        match memchr::memchr2(b'\r', b'\n', text.as_bytes()) {
             None => {
                 rest = None;
                 Some(text)

@@ -1,6 +1,5 @@
-//! The lean path for event streams. A connection's first request head is read and parsed
-//! here with `httparse`; a `GET /events` is answered directly on the socket, every other
-//! request goes to hyper together with the bytes already read.
+//! The lean path for event streams: a `GET /events` head read by [`super::head`] is
+//! answered directly on the socket.
 //!
 //! Why: a stream lives for hours, and hyper keeps an 8 KiB read buffer and a write buffer
 //! per connection for its whole life. Here the head buffer is freed once parsed, and a
@@ -16,98 +15,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{Method, Request, Version};
+use http::{Request, Version};
 use http_body_util::Either;
 use tokio::io::Interest;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::response::Body;
 use super::stream::SseStream;
 use super::AppState;
-
-/// What the first request head on a connection turned out to be.
-pub enum FirstRequest {
-    /// `GET /events...`: serve it here.
-    Subscribe(Request<()>),
-    /// Anything else (or a head httparse cannot take): hyper serves the connection,
-    /// starting with these bytes.
-    Other(Vec<u8>),
-    /// The head exceeded `limits.max_header_bytes`.
-    TooLarge,
-    /// The client went away or never completed its head in time.
-    Gone,
-}
-
-/// Most headers a direct subscribe request may carry; more go to hyper.
-const MAX_HEADERS: usize = 48;
-
-/// Read the first request head, within `timeout` and `max_bytes`.
-pub async fn read_first_request(
-    io: &mut TcpStream,
-    max_bytes: usize,
-    timeout: Duration,
-) -> FirstRequest {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let read_head = async {
-        loop {
-            match io.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-            if let Some(outcome) = parse_head(&buf, max_bytes) {
-                return Some(outcome);
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, read_head).await {
-        Ok(Some(Ok(request))) => FirstRequest::Subscribe(request),
-        Ok(Some(Err(true))) => FirstRequest::TooLarge,
-        Ok(Some(Err(false))) => FirstRequest::Other(buf),
-        Ok(None) if !buf.is_empty() => FirstRequest::Other(buf),
-        Ok(None) | Err(_) => FirstRequest::Gone,
-    }
-}
-
-/// Parse what has arrived: `None` while the head is incomplete.
-fn parse_head(buf: &[u8], max_bytes: usize) -> Option<Result<Request<()>, bool>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len > max_bytes => Some(Err(true)),
-        Ok(httparse::Status::Complete(_)) => Some(classify(&parsed)),
-        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => Some(Err(true)),
-        Ok(httparse::Status::Partial) => None,
-        Err(_) => Some(Err(false)),
-    }
-}
-
-/// A parsed head that is a subscription becomes an `http::Request`; anything else
-/// (`Err(false)`) is left to hyper.
-fn classify(parsed: &httparse::Request<'_, '_>) -> Result<Request<()>, bool> {
-    let (Some("GET"), Some(path)) = (parsed.method, parsed.path) else {
-        return Err(false);
-    };
-    let is_events = path == "/events" || path.starts_with("/events?");
-    if !is_events {
-        return Err(false);
-    }
-    let mut builder =
-        Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .version(if parsed.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            });
-    for h in parsed.headers.iter() {
-        builder = builder.header(h.name, h.value);
-    }
-    // Invalid URIs or header values: hyper answers those with its own 400.
-    builder.body(()).map_err(|_| false)
-}
 
 /// Serve one subscription on `io` and close the connection when it ends.
 pub async fn serve_subscription(
@@ -121,7 +37,12 @@ pub async fn serve_subscription(
     drop(req);
     let (parts, body) = resp.into_parts();
     let mut head = BytesMut::with_capacity(256);
-    write_head(&mut head, &parts, &body, chunked);
+    let (length, framing) = match &body {
+        Either::Left(full) => (http_body::Body::size_hint(full).exact(), Framing::Close),
+        Either::Right(_) if chunked => (None, Framing::Chunked),
+        Either::Right(_) => (None, Framing::UntilClose),
+    };
+    write_head(&mut head, &parts, length, framing);
     let write_timeout = state.config.limits.write_timeout;
     let timeouts = state.hub.metrics().write_timeouts.clone();
     match body {
@@ -148,7 +69,27 @@ pub async fn serve_subscription(
     }
 }
 
-fn write_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, chunked: bool) {
+/// How a response's body is delimited, and whether the connection stays open after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A complete body with `content-length`; the connection stays open.
+    KeepAlive,
+    /// A complete body with `content-length`, then the connection closes.
+    Close,
+    /// A stream in chunks (HTTP/1.1).
+    Chunked,
+    /// A stream delimited by closing the connection (HTTP/1.0).
+    UntilClose,
+}
+
+/// The status line and headers of `parts`, then `date`, `content-length` (for a complete
+/// body of that length), the framing headers and the blank line.
+pub fn write_head(
+    out: &mut BytesMut,
+    parts: &http::response::Parts,
+    content_length: Option<u64>,
+    framing: Framing,
+) {
     let status = parts.status;
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
@@ -161,15 +102,18 @@ fn write_head(out: &mut BytesMut, parts: &http::response::Parts, body: &Body, ch
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    match body {
-        Either::Left(full) => {
-            let len = http_body::Body::size_hint(full).exact().unwrap_or(0);
-            out.put_slice(b"content-length: ");
-            out.put_slice(itoa::Buffer::new().format(len).as_bytes());
-            out.put_slice(b"\r\nconnection: close\r\n");
-        }
-        Either::Right(_) if chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
-        Either::Right(_) => out.put_slice(b"connection: close\r\n"),
+    out.put_slice(b"date: ");
+    super::date::with_now(|date| out.put_slice(date));
+    out.put_slice(b"\r\n");
+    if let Some(len) = content_length {
+        out.put_slice(b"content-length: ");
+        out.put_slice(itoa::Buffer::new().format(len).as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    match framing {
+        Framing::KeepAlive => {}
+        Framing::Close | Framing::UntilClose => out.put_slice(b"connection: close\r\n"),
+        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.put_slice(b"\r\n");
 }
@@ -352,7 +296,7 @@ impl<'a> Wire<'a> {
 
 /// Write all of `buf`, failing if the socket accepts nothing for `timeout`. The common
 /// case (the kernel takes it all at once) costs one `write` and no timer.
-async fn write_within(
+pub async fn write_within(
     io: &mut TcpStream,
     buf: &[u8],
     timeout: Duration,

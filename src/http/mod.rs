@@ -3,7 +3,10 @@
 
 mod admin;
 mod cors;
+mod date;
 pub mod direct;
+pub mod direct_publish;
+pub mod head;
 pub mod prefixed;
 mod publish;
 pub mod response;

@@ -1,7 +1,11 @@
 //! `POST /publish`: authorise, read a bounded body, parse, publish, answer with the IDs.
+//! The same steps whether hyper read the request or the lean path did
+//! ([`super::direct_publish`]): only how the body is read differs.
+
+use std::future::Future;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -11,14 +15,72 @@ use crate::auth::Listener;
 use crate::hub::{HubError, NewEvent};
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
-// Span fields are names and counts only: never the Authorization header or the body.
-#[tracing::instrument(name = "publish", skip_all, fields(?listener, channel, events, error))]
+/// Why a body could not be read.
+pub enum BodyError {
+    /// Over the limit it was read with.
+    TooLarge,
+    /// The connection failed or the framing was wrong.
+    Failed(String),
+}
+
+/// The request headers a publish depends on, wherever they were parsed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PublishHeaders<'a> {
+    pub authorization: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub content_length: Option<&'a [u8]>,
+}
+
+impl<'a> PublishHeaders<'a> {
+    /// The first value of each, as `HeaderMap::get` gives it.
+    pub fn from_map(headers: &'a HeaderMap) -> Self {
+        let get = |name| headers.get(name).map(|v: &HeaderValue| v.as_bytes());
+        Self {
+            authorization: get(header::AUTHORIZATION),
+            content_type: get(header::CONTENT_TYPE),
+            content_length: get(header::CONTENT_LENGTH),
+        }
+    }
+}
+
+/// A publish that hyper read.
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
     listener: Listener,
 ) -> Response<Body> {
-    match publish(state, req, listener).await {
+    let (parts, body) = req.into_parts();
+    let headers = PublishHeaders::from_map(&parts.headers);
+    respond(state, &headers, listener, |max| async move {
+        match Limited::new(body, max).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(BodyError::TooLarge)
+            }
+            Err(e) => Err(BodyError::Failed(e.to_string())),
+        }
+    })
+    .await
+}
+
+/// Answer a publish with these headers; `read_body(max)` reads its body, at most `max`
+/// bytes, and is not called when the request is refused on its headers alone.
+// Span fields are names and counts only: never the Authorization header or the body.
+#[tracing::instrument(name = "publish", skip_all, fields(?listener, channel, events, error))]
+pub async fn respond<F, Fut>(
+    state: &AppState,
+    headers: &PublishHeaders<'_>,
+    listener: Listener,
+    read_body: F,
+) -> Response<Body>
+where
+    F: FnOnce(usize) -> Fut,
+    Fut: Future<Output = Result<Bytes, BodyError>>,
+{
+    match publish(state, headers, listener, read_body).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::Span::current().record("error", e.code);
@@ -33,20 +95,23 @@ pub async fn handle(
     }
 }
 
-async fn publish(
+async fn publish<F, Fut>(
     state: &AppState,
-    req: Request<Incoming>,
+    headers: &PublishHeaders<'_>,
     listener: Listener,
-) -> Result<Response<Body>, ApiError> {
-    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
-    let authorization = authorization.as_ref().map(|v| v.as_bytes());
+    read_body: F,
+) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(usize) -> Fut,
+    Fut: Future<Output = Result<Bytes, BodyError>>,
+{
+    let authorization = headers.authorization;
     // Refuse a missing or unknown credential before reading the body; the channels it
     // grants are checked once the body is parsed.
     state.auth.check_publish(listener, authorization, [])?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .content_type
+        .and_then(|v| std::str::from_utf8(v).ok());
     let format = Format::from_content_type(content_type).map_err(publish_error)?;
     let max = state.config.limits.max_body_bytes;
     let too_large = || {
@@ -56,17 +121,15 @@ async fn publish(
             format!("the body exceeds limits.max_body_bytes ({max} bytes)"),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .content_length
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
     let timeout = state.config.limits.body_read_timeout;
-    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect()).await;
-    let body = match read {
+    let body = match tokio::time::timeout(timeout, read_body(max)).await {
         Err(_) => {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -74,19 +137,14 @@ async fn publish(
                 format!("the body did not arrive within limits.body_read_timeout ({timeout:?})"),
             ))
         }
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(too_large())
-        }
-        Ok(Err(e)) => {
+        Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+        Ok(Err(BodyError::Failed(e))) => {
             return Err(ApiError::bad_request(
                 "body_read_failed",
                 format!("could not read the body: {e}"),
             ))
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(body)) => body,
     };
     let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
     let span = tracing::Span::current();
