@@ -7,7 +7,7 @@
 //! whatever the subscriber has pending in one `write`.
 
 use std::future::Future;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -174,9 +174,11 @@ impl Future for Pump {
                 return Poll::Ready(());
             }
             let mut chunks = Vec::new();
-            let more = match gather(&mut this.stream, cx, &mut chunks) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(more) => more,
+            let gathered = gather(&mut this.stream, cx, &mut chunks);
+            let more = match gathered {
+                Gathered::Nothing => return Poll::Pending,
+                Gathered::Drained | Gathered::Capped => true,
+                Gathered::Ended => false,
             };
             let wire = Wire::new(this.head.take(), &chunks, this.chunked, !more);
             match wire.send(&this.io) {
@@ -185,6 +187,12 @@ impl Future for Pump {
                 Err(_) => return Poll::Ready(()),
             }
             this.finished = !more;
+            // Everything ready went out and the stream's last poll registered this task
+            // for the next event, timer and hang-up alike: a new round now would only
+            // find nothing again (the common case for every delivery).
+            if gathered == Gathered::Drained && this.backlog.is_none() {
+                return Poll::Pending;
+            }
         }
     }
 }
@@ -207,16 +215,28 @@ fn client_gone(io: &TcpStream, cx: &mut Context<'_>) -> bool {
     }
 }
 
-/// Everything the stream has ready (up to one write's worth): `Ready(true)` with chunks,
-/// `Ready(false)` when the stream is over (possibly with final chunks).
-fn gather(stream: &mut SseStream, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
+/// What [`gather`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gathered {
+    /// Nothing ready; the task is registered for what comes next.
+    Nothing,
+    /// Chunks, and the stream then had nothing more (the task is registered again).
+    Drained,
+    /// Chunks, stopped at one write's worth: more may be ready.
+    Capped,
+    /// The stream is over (possibly with final chunks).
+    Ended,
+}
+
+/// Everything the stream has ready, up to one write's worth.
+fn gather(stream: &mut SseStream, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Gathered {
     loop {
         match stream.poll_chunks(cx, out) {
             Poll::Ready(true) if out.len() < 256 => continue,
-            Poll::Ready(true) => return Poll::Ready(true),
-            Poll::Ready(false) => return Poll::Ready(false),
-            Poll::Pending if out.is_empty() => return Poll::Pending,
-            Poll::Pending => return Poll::Ready(true),
+            Poll::Ready(true) => return Gathered::Capped,
+            Poll::Ready(false) => return Gathered::Ended,
+            Poll::Pending if out.is_empty() => return Gathered::Nothing,
+            Poll::Pending => return Gathered::Drained,
         }
     }
 }
@@ -235,10 +255,7 @@ impl<'a> Wire<'a> {
         let len: usize = chunks.iter().map(Bytes::len).sum();
         let mut size_line = ([0u8; 20], 0);
         if chunked && len > 0 {
-            let mut w = &mut size_line.0[..];
-            // 16 hex digits and CRLF always fit in 20 bytes.
-            let _ = write!(w, "{len:x}\r\n");
-            size_line.1 = 20 - w.len();
+            size_line.1 = chunk_size_line(len, &mut size_line.0);
         }
         Self {
             head,
@@ -294,6 +311,19 @@ impl<'a> Wire<'a> {
     }
 }
 
+/// `len` in hex and CRLF, the line before a chunk, written to the front of `out`; returns
+/// its length. (`write!` would do, at several times the cost, on every delivery.)
+fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = ((usize::BITS - len.leading_zeros()).div_ceil(4)).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
 /// Write all of `buf`, failing if the socket accepts nothing for `timeout`. The common
 /// case (the kernel takes it all at once) costs one `write` and no timer.
 pub async fn write_within(
@@ -335,4 +365,31 @@ pub async fn reject_too_large(mut io: TcpStream) {
     let _ = io.write_all(head.as_bytes()).await;
     let _ = io.write_all(body).await;
     let _ = io.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for len in [
+            0,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4096,
+            65535,
+            1 << 40,
+            usize::MAX,
+        ] {
+            let mut out = [0u8; 20];
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "{len}");
+        }
+    }
 }
