@@ -243,15 +243,42 @@ async fn serve_public_connection(
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(limits.send_buffer_bytes);
     }
     let mut buf = Vec::new();
+    let first = tokio::select! {
+        next = head::read(&mut stream, &mut buf, limits.max_header_bytes, limits.header_read_timeout) => next,
+        _ = closing.cancelled() => return,
+    };
+    // Boxed: a publish's state (and hyper's) is large, and an unboxed branch would size
+    // every connection task, idle event streams included, to fit it.
+    match first {
+        Head::Subscribe(req) => {
+            // A stream lives for hours: it must not keep the head buffer.
+            drop(buf);
+            direct::serve_subscription(state, stream, req, peer).await
+        }
+        other => {
+            Box::pin(serve_requests(
+                state, stream, buf, other, peer, limits, closing,
+            ))
+            .await
+        }
+    }
+}
+
+/// The requests of a connection that did not start with an event stream: plain publishes
+/// here, one after another, until the first request the lean path leaves to hyper.
+async fn serve_requests(
+    state: Arc<AppState>,
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    mut next: Head,
+    peer: SocketAddr,
+    limits: ConnLimits,
+    closing: CancellationToken,
+) {
     loop {
-        let next = tokio::select! {
-            next = head::read(&mut stream, &mut buf, limits.max_header_bytes, limits.header_read_timeout) => next,
-            _ = closing.cancelled() => return,
-        };
         match next {
             Head::Subscribe(req) => {
-                // A stream lives for hours: it must not keep the head buffer.
-                drop(std::mem::take(&mut buf));
+                drop(buf);
                 return direct::serve_subscription(state, stream, req, peer).await;
             }
             Head::Publish(head) => {
@@ -264,20 +291,16 @@ async fn serve_public_connection(
             Head::Other => {
                 let timeouts = state.hub.metrics().write_timeouts.clone();
                 let service = service_fn(move |req| http::serve_public(state.clone(), req, peer));
-                // Boxed: hyper's connection state is large, and an unboxed branch would size
-                // every connection task, idle event streams included, to fit it.
-                return Box::pin(serve_http(
-                    Prefixed::new(buf, stream),
-                    service,
-                    limits,
-                    timeouts,
-                    closing,
-                ))
-                .await;
+                let io = Prefixed::new(buf, stream);
+                return serve_http(io, service, limits, timeouts, closing).await;
             }
             Head::TooLarge => return direct::reject_too_large(stream).await,
             Head::Gone => return,
         }
+        next = tokio::select! {
+            next = head::read(&mut stream, &mut buf, limits.max_header_bytes, limits.header_read_timeout) => next,
+            _ = closing.cancelled() => return,
+        };
     }
 }
 
