@@ -14,7 +14,7 @@
 //! - [`client_ip`] — the client address behind trusted proxies
 //! - [`limits`] — admission of streams: global, per-IP and rate caps
 //! - [`write_timeout`] — ending connections whose writes stall
-//! - [`http`] — the public and admin routers and the event-stream body
+//! - [`http`] — the lean path for streams and publishes, hyper's routers for the rest
 //! - [`metrics`] — every Prometheus metric, named in one place
 //! - [`server`] — accept loops, sweeper and graceful drain
 //! - [`telemetry`] — logs and OpenTelemetry trace export

@@ -1,5 +1,9 @@
 //! HTTP: the public router (subscribe, publish, demo page) and the admin router
 //! (metrics, health, stats, publish for private backends).
+//!
+//! Public connections start on the lean path: [`head`] reads request heads itself;
+//! event streams ([`direct`]) and plain publishes ([`direct_publish`]) are answered on
+//! the socket, and the first other request hands the connection to hyper ([`prefixed`]).
 
 mod admin;
 mod cors;

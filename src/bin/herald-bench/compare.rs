@@ -120,6 +120,20 @@ const FIGURES: &[Figure] = &[
         goal: "",
     },
     Figure {
+        title: "CPU per delivery at 50 events/s, sse.coalesce_window = 250ms, us",
+        label: "fanout-50-coalesced",
+        pointer: "/target/cpu_us_per_delivery",
+        digits: 2,
+        goal: "<= 1",
+    },
+    Figure {
+        title: "latency p99 at 50 events/s, sse.coalesce_window = 250ms, ms",
+        label: "fanout-50-coalesced",
+        pointer: "/latency_ms/p99",
+        digits: 2,
+        goal: "",
+    },
+    Figure {
         title: "publishes/s, 8 keep-alive connections",
         label: "publish",
         pointer: "/publish_per_sec",
