@@ -1,11 +1,11 @@
 //! The lean path for publishes: a plain `POST /publish` (HTTP/1.1, one `Content-Length`)
 //! read by [`super::head`] is answered on the socket without hyper, by the same
-//! [`super::publish::respond`] hyper's requests go through, and the connection stays on
+//! `publish::respond` that hyper's requests go through, and the connection stays on
 //! the lean path for its next request.
 //!
 //! Why: publishers keep connections open and send small requests one after another, and
-//! hyper's per-request machinery (dispatcher, header map, write buffer) cost about a tenth
-//! of the CPU of a publish in `make bench`.
+//! hyper's per-request machinery (dispatcher, header maps, write buffer) was an eighth of
+//! the instructions herald spent on a publish (callgrind).
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
