@@ -54,18 +54,18 @@ pub enum Format {
 impl Format {
     /// From a `Content-Type` header value; parameters such as `charset` are ignored.
     pub fn from_content_type(value: Option<&str>) -> Result<Self, PublishError> {
-        let mime = value
-            .and_then(|v| v.split(';').next())
-            .map(|m| m.trim().to_ascii_lowercase());
-        match mime.as_deref() {
-            Some("application/json") => Ok(Format::Json),
-            Some("application/x-www-form-urlencoded") => Ok(Format::Form),
+        let mime = value.and_then(|v| v.split(';').next()).map(str::trim);
+        match mime {
+            Some(m) if m.eq_ignore_ascii_case("application/json") => Ok(Format::Json),
+            Some(m) if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") => {
+                Ok(Format::Form)
+            }
             other => Err(PublishError {
                 kind: PublishErrorKind::UnsupportedMediaType,
                 code: "unsupported_media_type",
                 message: format!(
                     "Content-Type {} is not supported; use application/json or application/x-www-form-urlencoded",
-                    other.map_or("(missing)".to_string(), |m| format!("{m:?}"))
+                    other.map_or("(missing)".to_string(), |m| format!("{:?}", m.to_ascii_lowercase()))
                 ),
             }),
         }
