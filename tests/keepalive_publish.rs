@@ -305,3 +305,21 @@ async fn an_idle_keep_alive_connection_closes_after_the_header_timeout() {
     assert!(idle_since.elapsed() >= Duration::from_millis(250));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_idle_publisher_connections_at_once() {
+    let mut config = quick_config();
+    config.shutdown.drain_timeout = Duration::from_secs(20);
+    let server = TestServer::start(config).await;
+    let mut conn = Conn::open(&server).await;
+    conn.send(&publish_request("d", "x", "")).await;
+    assert_eq!(conn.answer().await.status, 200);
+    // Between requests when the drain starts: closed right away, not kept until the
+    // 20 s drain timeout, and the server stops without waiting for it.
+    let stopping = tokio::spawn(server.stop());
+    assert!(conn.closed().await, "the idle connection is closed");
+    tokio::time::timeout(WAIT, stopping)
+        .await
+        .expect("the server stops well within the drain timeout")
+        .unwrap();
+}
