@@ -345,12 +345,15 @@ async fn write_timeout_ends_a_stopped_reader_but_not_a_slow_one() {
                 match slow.read(&mut buf).await {
                     Ok(0) | Err(_) => {
                         slow_ended.store(true, Ordering::Relaxed);
-                        return;
+                        return None;
                     }
                     Ok(n) => slow_read.fetch_add(n as u64, Ordering::Relaxed),
                 };
                 tokio::time::sleep(Duration::from_millis(40)).await;
             }
+            // Handed back open: closing it here would end its stream before the final
+            // metrics are read.
+            Some(slow)
         }
     });
 
@@ -383,6 +386,7 @@ async fn write_timeout_ends_a_stopped_reader_but_not_a_slow_one() {
     let after = slow_read.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let published = publisher.await.unwrap();
+    let slow = slow_reader.await.unwrap();
     let text = metrics_text(&m, server.admin).await;
     eprintln!(
         "write timeout {write_timeout:?}: stopped reader cut off {cut_after:?} after it \
@@ -404,7 +408,7 @@ async fn write_timeout_ends_a_stopped_reader_but_not_a_slow_one() {
     assert_eq!(sample(&text, WRITE_TIMEOUTS), 1.0, "only one write timeout");
     assert_eq!(sample(&text, LAGGED), 0.0);
     assert_eq!(sample(&text, OPEN), 1.0);
-    slow_reader.abort();
+    drop(slow);
 }
 
 /// A reader behind a proxy on the same host (nginx on loopback, the documented setup)
