@@ -161,29 +161,21 @@ start_nchan() {
     for w in $workers; do TARGET_PIDS+=(--target-pid "$w"); done
 }
 
-start_baseline() {
-    "${PIN_BROKER[@]}" "$BENCH" baseline --listen "127.0.0.1:$BASELINE_PORT" \
-        >>"$SCRATCH/baseline.log" 2>&1 &
-    BASELINE_PID=$!
-    if ! wait_port $BASELINE_PORT "$BASELINE_PID"; then
-        echo "bench: the baseline broker did not start:" >&2
-        tail -5 "$SCRATCH/baseline.log" >&2
+# One of herald-bench's own servers (`baseline` or `floor`) on $2; its pid goes to $3.
+start_tool_server() {
+    local kind=$1 port=$2 pid_var=$3
+    "${PIN_BROKER[@]}" "$BENCH" "$kind" --listen "127.0.0.1:$port" >>"$SCRATCH/$kind.log" 2>&1 &
+    printf -v "$pid_var" '%s' "$!"
+    if ! wait_port "$port" "$!"; then
+        echo "bench: herald-bench $kind did not start:" >&2
+        tail -5 "$SCRATCH/$kind.log" >&2
         return 1
     fi
-    TARGET_PIDS=(--target-pid "$BASELINE_PID")
+    TARGET_PIDS=(--target-pid "$!")
 }
 
-start_floor() {
-    "${PIN_BROKER[@]}" "$BENCH" floor --listen "127.0.0.1:$FLOOR_PORT" \
-        >>"$SCRATCH/floor.log" 2>&1 &
-    FLOOR_PID=$!
-    if ! wait_port $FLOOR_PORT "$FLOOR_PID"; then
-        echo "bench: the floor server did not start:" >&2
-        tail -5 "$SCRATCH/floor.log" >&2
-        return 1
-    fi
-    TARGET_PIDS=(--target-pid "$FLOOR_PID")
-}
+start_baseline() { start_tool_server baseline "$BASELINE_PORT" BASELINE_PID; }
+start_floor() { start_tool_server floor "$FLOOR_PORT" FLOOR_PID; }
 
 stop_brokers() {
     local grace=${1:-15}
