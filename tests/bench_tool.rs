@@ -1,5 +1,6 @@
-//! The `herald-bench` load tool against an in-process herald: it connects, publishes,
-//! counts every delivery exactly once, and writes a complete JSON report.
+//! The `herald-bench` load tool against an in-process herald (and against its own
+//! reference servers): it connects, publishes, counts every delivery exactly once, and
+//! writes a complete JSON report.
 
 mod common;
 
@@ -97,6 +98,7 @@ async fn every_subscriber_gets_every_event_once() {
         "/target/rss_per_subscriber_kib",
         "/target/cpu_s",
         "/target/cpu_us_per_delivery",
+        "/target/sys_percent_of_cpu",
         "/load_cpu_percent",
     ] {
         assert!(
@@ -163,4 +165,82 @@ fn refuses_targets_off_this_machine() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.0/8"));
+}
+
+/// `herald-bench baseline` / `floor` on an ephemeral loopback port, killed on drop.
+struct ToolServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ToolServer {
+    fn start(kind: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+            .args([kind, "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start herald-bench server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(std::time::Duration::from_secs(10)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald-bench {kind} did not start");
+        };
+        Self { child, addr }
+    }
+}
+
+impl Drop for ToolServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference servers `make bench` compares herald with deliver every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_and_floor_deliver_every_event_once() {
+    for kind in ["baseline", "floor"] {
+        let server = ToolServer::start(kind);
+        let args: Vec<String> = [
+            "--subscribe-url",
+            &format!("http://{}/sub?id={{channel}}", server.addr),
+            "--publish-url",
+            &format!("http://{}/pub?id={{channel}}", server.addr),
+            "--publish-format",
+            "raw",
+            "--subscribers",
+            "30",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--settle",
+            "0.2",
+            "--grace",
+            "2",
+            "--target-pid",
+            &server.child.id().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let report = bench(args).await;
+        assert_eq!(n(&report, "/connected"), 30, "{kind}");
+        let published = n(&report, "/published");
+        assert!(published >= 15, "{kind}: published only {published}");
+        assert_eq!(n(&report, "/delivered"), published * 30, "{kind}");
+        assert_eq!(n(&report, "/missing"), 0, "{kind}");
+        assert_eq!(n(&report, "/duplicates"), 0, "{kind}");
+        assert!(report["target"]["error"].is_null(), "{kind}: {report:#}");
+    }
 }
