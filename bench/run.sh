@@ -9,6 +9,8 @@
 #   BENCH_BROKERS=herald bench/run.sh                herald alone
 #   BENCH_WORKLOADS="fanout-2 publish" bench/run.sh   a subset
 #   BENCH_SUBSCRIBERS=2000 bench/run.sh              smaller (quick look)
+#   BENCH_REPEAT=3 bench/run.sh                       each workload 3 times, brokers
+#                                                    interleaved; the table shows medians
 #
 # Brokers run pinned to core 0 (`taskset -c 0`, nginx with one worker), the load tool on
 # core 1, so the broker's CPU figures are one core's worth. Each workload gets a fresh
@@ -26,6 +28,7 @@ cd "$ROOT"
 
 SUBS="${BENCH_SUBSCRIBERS:-10000}"
 BATCH="${BENCH_BATCH:-100}"
+REPEAT="${BENCH_REPEAT:-1}"
 WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
 WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline floor}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
@@ -221,38 +224,44 @@ done
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
 started=$(date +%s)
+case "$REPEAT" in
+    '' | *[!0-9]* | 0) echo "bench: BENCH_REPEAT must be a whole number >= 1" >&2; exit 64 ;;
+esac
 for workload in $WORKLOADS; do
-    for broker in "${BROKERS[@]}"; do
-        args="$(workload_args "$workload" "$broker" || true)"
-        [ -n "$args" ] || continue
-        HERALD_ENV=""
-        [ "$workload" = fanout-50-coalesced ] && HERALD_ENV="HERALD_SSE__COALESCE_WINDOW=250ms"
-        if ! "start_$broker"; then
-            echo "bench: skipping $workload / $broker" >&2
-            stop_brokers 2
-            continue
-        fi
-        case "$broker" in
-            herald)
-                urls=(--subscribe-url "http://127.0.0.1:$HERALD_PORT/events?channel={channel}"
-                      --publish-url "http://127.0.0.1:$HERALD_PORT/publish" --publish-format herald) ;;
-            nchan)
-                urls=(--subscribe-url "http://127.0.0.1:$NCHAN_PORT/sub?id={channel}"
-                      --publish-url "http://127.0.0.1:$NCHAN_PORT/pub?id={channel}" --publish-format raw) ;;
-            baseline | floor)
-                port=$BASELINE_PORT
-                [ "$broker" = floor ] && port=$FLOOR_PORT
-                urls=(--subscribe-url "http://127.0.0.1:$port/sub?id={channel}"
-                      --publish-url "http://127.0.0.1:$port/pub?id={channel}" --publish-format raw) ;;
-        esac
-        log "$workload / $broker: herald-bench $args"
-        # shellcheck disable=SC2086 # $args is a list of flags
-        if ! "${PIN_LOAD[@]}" "$BENCH" "${urls[@]}" $args "${TARGET_PIDS[@]}" \
-            --label "$workload" --broker "$broker" --json "$RUNS/$workload-$broker.json" \
-            2> >(tee "$RUNS/$workload-$broker.log" >&2); then
-            echo "bench: $workload / $broker failed (see $RUNS/$workload-$broker.log)" >&2
-        fi
-        stop_brokers
+    for rep in $(seq 1 "$REPEAT"); do
+        for broker in "${BROKERS[@]}"; do
+            args="$(workload_args "$workload" "$broker" || true)"
+            [ -n "$args" ] || continue
+            HERALD_ENV=""
+            [ "$workload" = fanout-50-coalesced ] && HERALD_ENV="HERALD_SSE__COALESCE_WINDOW=250ms"
+            if ! "start_$broker"; then
+                echo "bench: skipping $workload / $broker" >&2
+                stop_brokers 2
+                continue
+            fi
+            case "$broker" in
+                herald)
+                    urls=(--subscribe-url "http://127.0.0.1:$HERALD_PORT/events?channel={channel}"
+                          --publish-url "http://127.0.0.1:$HERALD_PORT/publish" --publish-format herald) ;;
+                nchan)
+                    urls=(--subscribe-url "http://127.0.0.1:$NCHAN_PORT/sub?id={channel}"
+                          --publish-url "http://127.0.0.1:$NCHAN_PORT/pub?id={channel}" --publish-format raw) ;;
+                baseline | floor)
+                    port=$BASELINE_PORT
+                    [ "$broker" = floor ] && port=$FLOOR_PORT
+                    urls=(--subscribe-url "http://127.0.0.1:$port/sub?id={channel}"
+                          --publish-url "http://127.0.0.1:$port/pub?id={channel}" --publish-format raw) ;;
+            esac
+            run="$workload-$broker-$rep"
+            log "$workload / $broker (run $rep of $REPEAT): herald-bench $args"
+            # shellcheck disable=SC2086 # $args is a list of flags
+            if ! "${PIN_LOAD[@]}" "$BENCH" "${urls[@]}" $args "${TARGET_PIDS[@]}" \
+                --label "$workload" --broker "$broker" --json "$RUNS/$run.json" \
+                2> >(tee "$RUNS/$run.log" >&2); then
+                echo "bench: $workload / $broker failed (see $RUNS/$run.log)" >&2
+            fi
+            stop_brokers
+        done
     done
 done
 
@@ -260,4 +269,4 @@ log "side by side (bench/results/latest.md)"
 "$BENCH" compare "$RUNS" \
     --markdown "$RESULTS/latest.md" --json "$RESULTS/latest.json" \
     --note "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with $(dpkg-query -W -f='libnginx-mod-nchan ${Version}' libnginx-mod-nchan 2>/dev/null || echo 'Nchan')" \
-    --note "$SUBS streams, ~100-byte events; broker on core 0, load on core 1; bench/run.sh took $(( $(date +%s) - started )) s"
+    --note "$SUBS streams, ~100-byte events; broker on core 0, load on core 1; $REPEAT run(s) of each; bench/run.sh took $(( $(date +%s) - started )) s"

@@ -218,12 +218,26 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     // The baseline first, so ratios read "other / baseline".
     brokers.sort_by_key(|b| *b != args.baseline);
     let has_baseline = brokers.first() == Some(&args.baseline);
-    let find = |label: &str, broker: &str| {
-        reports
+    // A figure of repeated runs (BENCH_REPEAT) is their median.
+    let figure = |label: &str, broker: &str, pointer: &str| {
+        let values: Vec<f64> = reports
             .iter()
-            .rev()
-            .find(|r| text(r, "/label") == label && text(r, "/broker") == broker)
+            .filter(|r| text(r, "/label") == label && text(r, "/broker") == broker)
+            .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+            .collect();
+        median(values)
     };
+    let most_runs = reports
+        .iter()
+        .map(|r| {
+            let key = (text(r, "/label"), text(r, "/broker"));
+            reports
+                .iter()
+                .filter(|o| (text(o, "/label"), text(o, "/broker")) == key)
+                .count()
+        })
+        .max()
+        .unwrap_or(1);
 
     let mut md = String::new();
     let _ = write!(md, "| figure |");
@@ -265,11 +279,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     for f in FIGURES {
         let values = brokers
             .iter()
-            .map(|b| {
-                find(f.label, b)
-                    .and_then(|r| r.pointer(f.pointer))
-                    .and_then(Value::as_f64)
-            })
+            .map(|b| figure(f.label, b, f.pointer))
             .collect();
         row(f.title, values, f.digits, f.goal, &mut md);
     }
@@ -290,6 +300,12 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         row(title, values, 0, "0", &mut md);
     }
 
+    if most_runs > 1 {
+        let _ = writeln!(
+            md,
+            "\nEach figure is the median of the runs of its workload and broker (up to {most_runs}); the \"all runs\" rows are sums."
+        );
+    }
     let _ = writeln!(md, "\nEvery run:\n");
     let _ = writeln!(
         md,
@@ -375,6 +391,17 @@ fn text(v: &Value, pointer: &str) -> String {
         .to_string()
 }
 
+/// The middle value (the mean of the two middle ones for an even count); `None` for none.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 fn fmt(v: Option<f64>, digits: usize) -> String {
     match v {
         None => "-".into(),
@@ -428,5 +455,13 @@ mod tests {
         assert_eq!(fmt(Some(1.234), 2), "1.23");
         assert_eq!(fmt(None, 2), "-");
         assert_eq!(group(-12345), "-12,345");
+    }
+
+    #[test]
+    fn repeated_runs_give_their_median() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 10.0]), Some(3.0));
     }
 }
