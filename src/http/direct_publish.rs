@@ -81,8 +81,9 @@ pub async fn serve(
         }
         return After::Close;
     }
-    rest.drain(..length);
-    *buf = rest;
+    // Whatever followed the body is the next request; `buf` keeps its capacity.
+    buf.clear();
+    buf.extend_from_slice(&rest[length..]);
     After::KeepAlive
 }
 

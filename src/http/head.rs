@@ -60,6 +60,9 @@ impl PublishHead {
 /// Most headers a direct request may carry; more go to hyper.
 const MAX_HEADERS: usize = 48;
 
+/// Free space a read into the head buffer is given at least.
+const READ_ROOM: usize = 2048;
+
 /// Read until `buf` starts with a complete request head (it may already hold one, from
 /// a pipelining client), within `timeout` and `max_bytes`.
 pub async fn read(
@@ -73,8 +76,10 @@ pub async fn read(
     }
     let read_head = async {
         loop {
-            if buf.capacity() == buf.len() {
-                buf.reserve(1024);
+            // Room for a whole typical request per read: a short buffer would split it
+            // over two `recv` calls (and a third that finds nothing).
+            if buf.capacity() - buf.len() < READ_ROOM {
+                buf.reserve(READ_ROOM);
             }
             match io.read_buf(buf).await {
                 Ok(0) | Err(_) => return None,
