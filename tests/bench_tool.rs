@@ -10,7 +10,8 @@ use common::{test_config, TestServer};
 use serde_json::Value;
 
 /// Run the tool with `args` and return its JSON report.
-async fn bench(args: Vec<String>) -> Value {
+async fn bench(args: &[&str]) -> Value {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let json_arg = json.to_str().unwrap().to_string();
@@ -44,7 +45,7 @@ fn n(report: &Value, pointer: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subscriber_gets_every_event_once() {
     let server = TestServer::start(test_config()).await;
-    let args: Vec<String> = [
+    let args = [
         "--subscribe-url",
         &server.url("/events?channel={channel}"),
         "--publish-url",
@@ -63,11 +64,8 @@ async fn every_subscriber_gets_every_event_once() {
         "herald",
         "--target-pid",
         &std::process::id().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let report = bench(args).await;
+    ];
+    let report = bench(&args).await;
 
     assert_eq!(n(&report, "/connected"), 50);
     assert_eq!(n(&report, "/failed"), 0);
@@ -114,7 +112,7 @@ async fn every_subscriber_gets_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_over_channels_and_workers() {
     let server = TestServer::start(test_config()).await;
-    let args: Vec<String> = [
+    let args = [
         "--subscribe-url",
         &server.url("/events?channel={channel}"),
         "--publish-url",
@@ -135,11 +133,8 @@ async fn batches_over_channels_and_workers() {
         "1",
         "--settle",
         "0.2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let report = bench(args).await;
+    ];
+    let report = bench(&args).await;
 
     assert_eq!(n(&report, "/workers"), 3);
     assert_eq!(n(&report, "/connected"), 40);
@@ -211,7 +206,7 @@ impl Drop for ToolServer {
 async fn baseline_and_floor_deliver_every_event_once() {
     for kind in ["baseline", "floor"] {
         let server = ToolServer::start(kind);
-        let args: Vec<String> = [
+        let args = [
             "--subscribe-url",
             &format!("http://{}/sub?id={{channel}}", server.addr),
             "--publish-url",
@@ -230,11 +225,8 @@ async fn baseline_and_floor_deliver_every_event_once() {
             "2",
             "--target-pid",
             &server.child.id().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let report = bench(args).await;
+        ];
+        let report = bench(&args).await;
         assert_eq!(n(&report, "/connected"), 30, "{kind}");
         let published = n(&report, "/published");
         assert!(published >= 15, "{kind}: published only {published}");
