@@ -9,6 +9,7 @@
 //! - [`validate`] — rules for channel names, event types and data
 //! - [`publish`] — publish bodies (JSON, batch, form) into validated events
 //! - [`hub`] — channels, fan-out, history and seamless resume
+//! - [`backend`] — memory or Redis behind one seam: where events are published and read
 //! - [`auth`] — who may publish and read private channels: keys and JWTs
 //! - [`tickets`] — single-use subscribe tickets
 //! - [`client_ip`] — the client address behind trusted proxies
@@ -20,6 +21,7 @@
 //! - [`telemetry`] — logs and OpenTelemetry trace export
 
 pub mod auth;
+pub mod backend;
 pub mod client_ip;
 pub mod config;
 pub mod http;

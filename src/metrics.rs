@@ -1,6 +1,9 @@
 //! Every Prometheus metric herald exports, named in one place.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -29,6 +32,16 @@ pub struct Metrics {
     pub write_timeouts: IntCounter,
     /// Failed `accept()` calls (e.g. EMFILE: out of file descriptors).
     pub accept_errors: IntCounter,
+    /// 1 while the backend is reachable end to end (always 1 for `memory`).
+    pub backend_up: IntGauge,
+    /// Redis round trips, by command (`publish`, `load`, `barrier`, `sweep`).
+    pub redis_command_seconds: HistogramVec,
+    /// Backend failures, by kind (`connect`, `timeout`, `command`, `probe`).
+    pub backend_errors: IntCounterVec,
+    /// Pub/sub connections re-established after a loss.
+    pub backend_reconnects: IntCounter,
+    /// Events a node fetched from Redis after a reconnect (missed on pub/sub meanwhile).
+    pub backend_caught_up_events: IntCounter,
 }
 
 impl Metrics {
@@ -104,6 +117,38 @@ impl Metrics {
             accept_errors: counter(
                 "herald_accept_errors_total",
                 "Failed accept() calls, such as running out of file descriptors.",
+            ),
+            backend_up: gauge(
+                "herald_backend_up",
+                "1 while the backend is reachable end to end.",
+            ),
+            redis_command_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "herald_redis_command_duration_seconds",
+                        "Redis round trips, by command.",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0,
+                    ]),
+                    &["command"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_errors: counter_vec(
+                "herald_backend_errors_total",
+                "Backend failures, by kind.",
+                "kind",
+            ),
+            backend_reconnects: counter(
+                "herald_backend_reconnects_total",
+                "Backend pub/sub connections re-established after a loss.",
+            ),
+            backend_caught_up_events: counter(
+                "herald_backend_caught_up_events_total",
+                "Events fetched from the backend after a reconnect.",
             ),
             registry,
         }

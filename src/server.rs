@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::http::direct;
 use crate::http::direct_publish::{self, After};
@@ -82,7 +83,16 @@ pub async fn run(
     metrics
         .connections_limit
         .set(config.limits.max_connections as i64);
-    let hub = Hub::new(HubSettings::from_config(&config), metrics);
+    let hub = Hub::new(HubSettings::from_config(&config), metrics.clone());
+    // Stopped last, after the drain: streams read from it until they end.
+    let stop_backend = CancellationToken::new();
+    let backend = match Backend::start(&config, hub.clone(), metrics, stop_backend.clone()) {
+        Ok(backend) => backend,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the backend");
+            return;
+        }
+    };
     let drain_timeout = config.shutdown.drain_timeout;
     let sweep_interval = config.history.sweep_interval;
     let conn_limits = ConnLimits {
@@ -91,7 +101,7 @@ pub async fn run(
         max_header_bytes: config.limits.max_header_bytes,
         write_timeout: config.limits.write_timeout,
     };
-    let state = Arc::new(AppState::new(config, hub.clone(), options.demo));
+    let state = Arc::new(AppState::new(config, hub.clone(), backend, options.demo));
 
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -178,6 +188,7 @@ pub async fn run(
     stop_admin.cancel();
     let admin_conns = admin.await.unwrap_or_default();
     let _ = tokio::time::timeout(Duration::from_millis(500), admin_conns.wait()).await;
+    stop_backend.cancel();
     let _ = sweeper.await;
     let _ = flusher.await;
     info!("stopped");

@@ -24,7 +24,10 @@ pub fn channel(name: &str, max_len: usize) -> Result<(), String> {
 }
 
 /// An event type: at most `max_len` bytes, no control characters (CR, LF and NUL would
-/// break or inject SSE fields; the others have no business in a type name).
+/// break or inject SSE fields; the others have no business in a type name) and no Unicode
+/// line or paragraph separator. The SSE spec splits lines only on CR and LF, but clients
+/// that split on every Unicode line break (Python's `str.splitlines()`) would see U+2028,
+/// U+2029 or NEL (U+0085, a control character) start a new line.
 pub fn event_type(value: &str, max_len: usize, allow_empty: bool) -> Result<(), String> {
     if value.is_empty() {
         return if allow_empty {
@@ -37,7 +40,13 @@ pub fn event_type(value: &str, max_len: usize, allow_empty: bool) -> Result<(), 
         return Err(format!("event type is longer than {max_len} bytes"));
     }
     if value.chars().any(char::is_control) {
-        return Err("event type contains a control character (CR, LF, NUL, ...)".into());
+        return Err("event type contains a control character (CR, LF, NUL, NEL, ...)".into());
+    }
+    if let Some(bad) = value.chars().find(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(format!(
+            "event type contains the line break U+{:04X}",
+            u32::from(bad)
+        ));
     }
     Ok(())
 }
@@ -70,7 +79,15 @@ mod tests {
         assert!(event_type("score", 64, false).is_ok());
         assert!(event_type("", 64, true).is_ok());
         assert!(event_type("", 64, false).is_err());
-        for bad in ["a\nb", "a\rb", "a\0b", "a\tb"] {
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "a\tb",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+        ] {
             assert!(event_type(bad, 64, false).is_err(), "{bad:?}");
         }
     }

@@ -839,6 +839,12 @@ secret = "{SECRET}"
             .is_some(),
         "herald exits on SIGTERM"
     );
+    // Lines may follow "stopped" (telemetry shutdown): read stderr to its end.
+    assert!(
+        herald.wait_stderr_closed(WAIT).await,
+        "stderr never reached its end: {}",
+        herald.stderr_text()
+    );
     assert!(
         wait_until(WAIT, || herald.stderr_text().contains("\"stopped\"")).await,
         "the final log line arrives: {}",

@@ -140,11 +140,16 @@ async fn client_reconnects_by_itself_and_resumes() {
     }
     assert_eq!(got, want);
     es.close();
-    let ended = metric(
-        &server.admin_url("/metrics"),
-        "herald_disconnects_total{reason=\"lifetime\"}",
-    )
+    // A stream's end is counted when the server drops it, just after the client saw the
+    // end: wait for all three (the count starts absent, and only grows).
+    let metrics = server.admin_url("/metrics");
+    const LIFETIME: &str = "herald_disconnects_total{reason=\"lifetime\"}";
+    wait_for(WAIT, || async {
+        let (_, text) = get_text(&metrics).await;
+        metric_value(&text, LIFETIME).is_some_and(|v| v >= 3.0)
+    })
     .await;
+    let ended = metric(&metrics, LIFETIME).await;
     assert!(ended >= 3.0, "{ended}");
     server.stop().await;
 }

@@ -217,11 +217,14 @@ async fn publish_and_subscribe_spans_reach_an_otlp_receiver() {
     // SIGTERM: herald drains, then flushes queued spans before exiting.
     herald.terminate();
     let exit = herald.wait_exit_async(Duration::from_secs(15)).await;
+    // The reader thread may not have taken the last lines yet: read stderr to its end.
+    let complete = exit.is_some() && herald.wait_stderr_closed(Duration::from_secs(5)).await;
     let stderr = herald.stderr_text();
     assert!(
         exit.is_some_and(|s| s.success()),
         "herald exit {exit:?}; stderr:\n{stderr}"
     );
+    assert!(complete, "stderr never reached its end; so far:\n{stderr}");
     assert!(
         !stderr.contains("panicked") && !stderr.contains("no reactor"),
         "{stderr}"

@@ -370,15 +370,48 @@ async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
         "the dashboard's selectors match the scraped labels"
     );
 
-    // Every alert rule was loaded and evaluates without error against real series.
-    let healthy = poll_until(Duration::from_secs(10), || async {
+    // Every alert rule was loaded and evaluates without error against real series. A
+    // rule's health is that of its last evaluation, which may predate the scrape of our
+    // series (or have queried just before it although it finished after): judge the
+    // health only after two more rounds, the second of which queried with them present.
+    let rules = || async {
         let rules = prometheus.api("rules", &[]).await;
         let all: Vec<Value> = rules["data"]["groups"]
             .as_array()?
             .iter()
             .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
             .collect();
-        let ok = !all.is_empty() && all.iter().all(|r| r["health"] == "ok");
+        (!all.is_empty()).then_some(all)
+    };
+    let evaluated = |all: &[Value]| -> Vec<String> {
+        all.iter()
+            .map(|r| r["lastEvaluation"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    // Newer than `than` (rules not listed then were all evaluated since).
+    let all_newer = |all: &[Value], than: &[String]| {
+        than.is_empty()
+            || (all.len() == than.len()
+                && evaluated(all)
+                    .iter()
+                    .zip(than)
+                    .all(|(now, then)| now != then))
+    };
+    let seen_at = evaluated(&rules().await.unwrap_or_default());
+    let round = poll_until(Duration::from_secs(10), || async {
+        let all = rules().await?;
+        all_newer(&all, &seen_at).then(|| evaluated(&all))
+    })
+    .await;
+    let Some(round) = round else {
+        panic!(
+            "alert rules not evaluated again after the scrape: {seen_at:?} -> {:?}",
+            rules().await.map(|all| evaluated(&all))
+        );
+    };
+    let healthy = poll_until(Duration::from_secs(10), || async {
+        let all = rules().await?;
+        let ok = all_newer(&all, &round) && all.iter().all(|r| r["health"] == "ok");
         ok.then_some(all.len())
     })
     .await;

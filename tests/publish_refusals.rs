@@ -228,7 +228,7 @@ async fn channel_limit_refuses_the_whole_batch() {
     let (status, answer) = post(&client, &url, JSON, batch.to_string()).await;
     assert_eq!(
         (status, answer["error"].as_str()),
-        (503, Some("too_many_channels"))
+        (503, Some("max_channels"))
     );
     let (_, stats) = get_json(&server.admin_url("/stats")).await;
     let a = stats["per_channel"]
@@ -245,6 +245,70 @@ async fn channel_limit_refuses_the_whole_batch() {
     )
     .await;
     assert_eq!(published, 2.0);
+    server.stop().await;
+}
+
+/// A stream naming a channel the node cannot create gets the channel limit's own code,
+/// not another limit's; channels that exist can still be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_limit_refuses_streams_on_new_channels() {
+    let mut config = quick_config();
+    config.limits.max_channels = 2;
+    config.limits.retry_after = Duration::from_secs(7);
+    let server = TestServer::start(config).await;
+    let client = reqwest::Client::new();
+    let url = server.url("/publish");
+    publish_data(&client, &url, "a", "1").await;
+    publish_data(&client, &url, "b", "2").await;
+    let refused = client
+        .get(server.url("/events?channel=a&channel=c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "7");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "max_channels", "{body}");
+    let (_, stats) = get_json(&server.admin_url("/stats")).await;
+    assert_eq!(stats["channels"], 2, "{stats}");
+    let mut s = SseClient::connect(&server.url("/events?channel=a&channel=b")).await;
+    assert_eq!(s.status, 200);
+    s.expect_preamble().await;
+    server.stop().await;
+}
+
+/// An event type with a Unicode line or paragraph separator (or NEL) is refused: clients
+/// that split lines on them would see a new line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_types_with_unicode_line_breaks_are_refused() {
+    let server = TestServer::start(quick_config()).await;
+    let client = reqwest::Client::new();
+    let url = server.url("/publish");
+    for bad in ["a\u{2028}b", "a\u{2029}b", "a\u{85}b"] {
+        let body = json!({"channel": "a", "event": bad, "data": "x"}).to_string();
+        let (status, answer) = post(&client, &url, JSON, body).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("invalid_event_type")),
+            "{bad:?}: {answer}"
+        );
+        let form = format!(
+            "channel=a&data=x&event={}",
+            form_urlencoded::byte_serialize(bad.as_bytes()).collect::<String>()
+        );
+        let (status, answer) = post(&client, &url, FORM, form).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (400, Some("invalid_event_type")),
+            "{bad:?}: {answer}"
+        );
+    }
+    let published = metric(
+        &server.admin_url("/metrics"),
+        "herald_events_published_total",
+    )
+    .await;
+    assert_eq!(published, 0.0);
     server.stop().await;
 }
 

@@ -406,11 +406,17 @@ async fn lagged_subscriber_resumes_from_history() {
         s.wait_end(WAIT).await,
         "a subscriber 20 events behind a queue of 10 is cut off"
     );
-    let lagged = metric(
-        &server.admin_url("/metrics"),
-        "herald_disconnects_total{reason=\"lagged\"}",
-    )
+    // The client sees the body end just before the server drops the stream, which is
+    // when the disconnect is counted: wait for the count to appear (it starts absent).
+    let metrics = server.admin_url("/metrics");
+    const LAGGED: &str = "herald_disconnects_total{reason=\"lagged\"}";
+    let counted = wait_for(WAIT, || async {
+        let (_, text) = get_text(&metrics).await;
+        metric_value(&text, LAGGED).is_some_and(|v| v > 0.0)
+    })
     .await;
+    assert!(counted, "the lagged disconnect was never counted");
+    let lagged = metric(&metrics, LAGGED).await;
     assert_eq!(lagged, 1.0);
 
     let mut s = SseClient::resume(&url, &first.to_string()).await;

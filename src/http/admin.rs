@@ -20,14 +20,29 @@ pub fn healthz() -> Response<Body> {
 }
 
 /// Ready to take traffic: false before serving and from the start of shutdown, so a
-/// load balancer stops sending new streams while old ones drain.
+/// load balancer stops sending new streams while old ones drain; and false until a Redis
+/// backend has answered once, so a node pointed at the wrong Redis never takes traffic.
+///
+/// A Redis lost *later* leaves every node ready (`"backend": "down"`): Redis is shared, so
+/// it fails for every node at once, and an orchestrator that pulled them all would turn a
+/// publish outage into a total one. Open streams stay up with heartbeats, resumes within
+/// a node's ring are served, and publishes get 503 `backend_unavailable` until it is back.
 pub fn readyz(state: &AppState) -> Response<Body> {
-    if state.is_ready() {
-        response::json(StatusCode::OK, &serde_json::json!({ "status": "ready" }))
-    } else {
+    let backend = state.backend.status();
+    if !state.is_ready() {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "status": "draining" }),
+            &serde_json::json!({ "status": "draining", "backend": backend }),
+        )
+    } else if !state.backend.is_ready() {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "starting", "backend": backend }),
+        )
+    } else {
+        response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready", "backend": backend }),
         )
     }
 }
@@ -39,6 +54,7 @@ pub fn stats(state: &AppState) -> Response<Body> {
         "channels": channels.len(),
         "subscribers": channels.iter().map(|c| c.subscribers).sum::<usize>(),
         "ready": state.is_ready(),
+        "backend": { "kind": state.backend.kind(), "status": state.backend.status() },
         "per_channel": channels,
     });
     response::json(StatusCode::OK, &body)

@@ -33,7 +33,9 @@ pub async fn serve_subscription(
     peer: SocketAddr,
 ) {
     let chunked = req.version() == Version::HTTP_11;
-    let resp = super::subscribe_response(&state, &req, peer);
+    // Boxed: the subscribe future (a Redis follow may wait in it) is freed before the
+    // stream starts, instead of reserving room in this task for the stream's whole life.
+    let resp = Box::pin(super::subscribe_response(&state, &req, peer)).await;
     drop(req);
     let (parts, body) = resp.into_parts();
     let mut head = BytesMut::with_capacity(256);

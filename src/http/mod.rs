@@ -27,6 +27,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::{Authorizer, JwtVerifier, Listener};
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{Admission, AdmissionLimits};
@@ -37,6 +38,8 @@ use stream::StreamSettings;
 /// Everything a request handler needs, shared by all connections.
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// Where publishes go and subscriptions read from (memory or Redis).
+    pub backend: Backend,
     pub config: Config,
     pub auth: Authorizer,
     pub tickets: crate::tickets::Tickets,
@@ -50,7 +53,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, hub: Arc<Hub>, demo: bool) -> Self {
+    pub fn new(config: Config, hub: Arc<Hub>, backend: Backend, demo: bool) -> Self {
         let heartbeat_bytes = if config.sse.heartbeat_event.is_empty() {
             crate::sse::comment("ping")
         } else {
@@ -94,6 +97,7 @@ impl AppState {
             preamble: crate::sse::stream_preamble(config.sse.retry.as_millis() as u64),
             ready: AtomicBool::new(false),
             hub,
+            backend,
             config,
         }
     }
@@ -115,7 +119,7 @@ pub async fn serve_public(
     let mut resp = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) => cors::preflight(&state, origin.as_ref()),
         (&Method::GET | &Method::HEAD, "/events") => {
-            return Ok(subscribe_response(&state, &req, peer))
+            return Ok(subscribe_response(&state, &req, peer).await)
         }
         (_, "/events") => response::method_not_allowed("GET, HEAD"),
         (&Method::POST, "/publish") => publish::handle(&state, req, Listener::Public).await,
@@ -134,14 +138,14 @@ pub async fn serve_public(
 }
 
 /// `GET /events`, whichever path the connection took (hyper or [`direct`]).
-pub fn subscribe_response<B>(
+pub async fn subscribe_response<B>(
     state: &AppState,
     req: &Request<B>,
     peer: SocketAddr,
 ) -> response::Response<response::Body> {
     let trusted = &state.config.server.trusted_proxies;
     let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
-    let mut resp = subscribe::handle(state, req, client);
+    let mut resp = subscribe::handle(state, req, client).await;
     cors::decorate(state, req.headers().get(http::header::ORIGIN), &mut resp);
     resp
 }

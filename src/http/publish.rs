@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use super::response::{self, ApiError, Body};
 use super::AppState;
 use crate::auth::Listener;
-use crate::hub::{HubError, NewEvent};
+use crate::hub::NewEvent;
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
 /// Why a body could not be read.
@@ -159,18 +159,13 @@ where
         authorization,
         events.iter().map(|e| e.channel.as_str()),
     )?;
-    let published = state.hub.publish(&events).map_err(|e| match e {
-        HubError::TooManyChannels(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_channels",
-            e.to_string(),
-        )
-        .retry_after(5),
-        HubError::ChannelFull(_) | HubError::ShuttingDown => {
-            // ChannelFull cannot happen on publish; both mean "not now".
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", e.to_string()).retry_after(1)
-        }
-    })?;
+    let published = state
+        .backend
+        .publish(&state.hub, &events)
+        .await
+        .map_err(|e| {
+            response::backend_error(e, state.config.limits.retry_after.as_secs().max(1))
+        })?;
     let batch = format == Format::Json && body.trim_ascii_start().starts_with(b"[");
     Ok(response::full(
         StatusCode::OK,

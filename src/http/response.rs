@@ -9,6 +9,8 @@ use http_body_util::{Either, Full};
 
 use super::stream::SseStream;
 use crate::auth::AuthError;
+use crate::backend::BackendError;
+use crate::hub::HubError;
 
 /// Every response body herald sends: a complete buffer, or a live event stream.
 pub type Body = Either<Full<Bytes>, SseStream>;
@@ -68,6 +70,36 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The one mapping of hub refusals, for publishes and streams alike. All of them are
+/// "not now": 503 with `Retry-After` (`retry_after` seconds, or 1 while draining, since
+/// another node can take the request at once).
+pub fn hub_error(e: HubError, retry_after: u64) -> ApiError {
+    let (code, retry_after) = match &e {
+        // Named after the limit like the other 503s; `too_many_channels` is the 400 for a
+        // subscription naming more than `limits.max_channels_per_subscription`.
+        HubError::TooManyChannels(_) => ("max_channels", retry_after),
+        HubError::ChannelFull(_) => ("max_subscribers_per_channel", retry_after),
+        HubError::ShuttingDown => ("draining", 1),
+        // The backend could not bring the channel in (it gives up only when unreachable).
+        HubError::NotFollowed(_) => ("backend_unavailable", retry_after),
+    };
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()).retry_after(retry_after)
+}
+
+/// Backend refusals: the hub's, or 503 `backend_unavailable` when Redis cannot be
+/// reached (nothing was published; the client retries after `Retry-After`).
+pub fn backend_error(e: BackendError, retry_after: u64) -> ApiError {
+    match e {
+        BackendError::Hub(e) => hub_error(e, retry_after),
+        BackendError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            e.to_string(),
+        )
+        .retry_after(retry_after),
+    }
+}
+
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     full(status, "application/json", Bytes::from(value.to_string()))
 }
@@ -98,3 +130,29 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 /// hyper services return `Result`; ours never fail (errors become responses).
 pub type Served = Result<Response<Body>, Infallible>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_hub_refusal_has_its_own_code() {
+        let cases = [
+            (HubError::TooManyChannels(2), "max_channels", 7),
+            (
+                HubError::ChannelFull("a".into()),
+                "max_subscribers_per_channel",
+                7,
+            ),
+            (HubError::ShuttingDown, "draining", 1),
+        ];
+        for (e, code, retry_after) in cases {
+            let refusal = hub_error(e, 7);
+            assert_eq!(refusal.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                (refusal.code, refusal.retry_after),
+                (code, Some(retry_after))
+            );
+        }
+    }
+}

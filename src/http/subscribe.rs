@@ -3,10 +3,11 @@
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 
-use super::response::{ApiError, Body};
+use super::response::{self, ApiError, Body};
 use super::stream::SseStream;
 use super::AppState;
 use crate::auth::{bearer, AuthError, Grants};
+use crate::hub::HubError;
 use crate::limits::Refusal;
 use crate::validate;
 use std::net::IpAddr;
@@ -83,8 +84,8 @@ pub fn parse<B>(
 // Span fields are channel names and counts only: never the query string (tickets) or
 // credentials.
 #[tracing::instrument(name = "subscribe", skip_all, fields(channel, channels, error))]
-pub fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Response<Body> {
-    match open(state, req, client) {
+pub async fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Response<Body> {
+    match open(state, req, client).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::Span::current().record("error", e.code);
@@ -95,7 +96,11 @@ pub fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Response
     }
 }
 
-fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Response<Body>, ApiError> {
+async fn open<B>(
+    state: &AppState,
+    req: &Request<B>,
+    client: IpAddr,
+) -> Result<Response<Body>, ApiError> {
     let limits = &state.config.limits;
     let request = parse(
         req,
@@ -107,12 +112,7 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
     span.record("channels", request.channels.len() as i64);
     let retry_after = limits.retry_after.as_secs().max(1);
     if state.hub.is_closing() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the node is shutting down",
-        )
-        .retry_after(1));
+        return Err(response::hub_error(HubError::ShuttingDown, retry_after));
     }
     let permit = state.admission.admit(client).map_err(|refusal| {
         let (status, message, secs) = match refusal {
@@ -150,16 +150,14 @@ fn open<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Result<Respons
         }
     }
     let subscription = state
-        .hub
-        .subscribe(&request.channels, request.last_event_id.as_deref())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "max_subscribers_per_channel",
-                e.to_string(),
-            )
-            .retry_after(retry_after)
-        })?;
+        .backend
+        .subscribe(
+            &state.hub,
+            &request.channels,
+            request.last_event_id.as_deref(),
+        )
+        .await
+        .map_err(|e| response::backend_error(e, retry_after))?;
     tracing::debug!(channels = ?request.channels, resumed = request.last_event_id.is_some(), "stream opened");
     let body = SseStream::new(
         state.hub.clone(),

@@ -68,6 +68,9 @@ pub(super) struct ChannelState {
     pub last_wake: Option<tokio::time::Instant>,
     /// A deferred wake is queued with the hub's flusher.
     pub flush_queued: bool,
+    /// Mirror role: set while the channel's history is being loaded from the backend;
+    /// events the reader hands over meanwhile wait here.
+    pub loading: Option<Box<super::mirror::Loading>>,
 }
 
 impl ChannelState {
@@ -77,6 +80,24 @@ impl ChannelState {
 
     pub fn is_empty(&self) -> bool {
         self.ring.is_empty()
+    }
+
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// Raise the gap floor: a resume from below `id` reports a gap.
+    pub fn raise_evicted(&mut self, id: u64) {
+        self.evicted_id = self.evicted_id.max(id);
+    }
+
+    /// Drop every event and move past every cursor, so each current subscriber ends as
+    /// lagged and resumes (with a reset) instead of silently skipping a gap.
+    pub fn cut_all(&mut self) {
+        while !self.ring.is_empty() {
+            self.evict_front();
+        }
+        self.start_pos += 1;
     }
 
     pub fn start_pos(&self) -> u64 {

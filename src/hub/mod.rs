@@ -6,13 +6,21 @@
 //! copy per subscriber. A subscriber whose cursor falls too far behind is cut off (it
 //! resumes from history with `Last-Event-ID`), so a slow client can never hold memory.
 //!
-//! Event IDs come from one node-wide counter, so they order events across channels and one
-//! `Last-Event-ID` resumes a multi-channel subscription. The counter starts at the process
-//! start time in microseconds, so IDs keep increasing across restarts and an ID from an
-//! earlier process is recognised as outside history.
+//! Event IDs order events across channels, so one `Last-Event-ID` resumes a multi-channel
+//! subscription. The hub works in one of two roles:
+//! - **owner** (`backend.kind = "memory"`): IDs come from one node-wide counter that starts
+//!   at the process start time in microseconds, so IDs keep increasing across restarts and
+//!   an ID from an earlier process is recognised as outside history;
+//! - **mirror** (`backend.kind = "redis"`): IDs and history belong to the backend, and the
+//!   hub mirrors the channels its subscribers read (see `mirror`), fed in ID order by the
+//!   backend's reader.
+//!
+//! Either way one number, `seq`, is the horizon of the multi-channel merge: every event
+//! with an ID at or below it that belongs to a channel subscribers read is in its ring.
 
 mod channel;
 mod flush;
+mod mirror;
 mod subscription;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +33,7 @@ use bytes::Bytes;
 use crate::metrics::Metrics;
 use crate::sse;
 use channel::{Channel, ChannelState, Stored};
+pub use mirror::{FollowPlan, FollowStatus, Retained};
 pub use subscription::{Poll as SubscriptionPoll, Subscription};
 
 /// Limits the hub enforces; taken from `history.*` and `limits.*`.
@@ -45,6 +54,8 @@ pub struct HubSettings {
     /// A channel wakes its subscribers at most once per window; publishes inside it are
     /// delivered together at its end (one write carries several events). Zero is off.
     pub coalesce_window: Duration,
+    /// The hub mirrors a backend that owns IDs and history (Redis) instead of owning them.
+    pub mirror: bool,
 }
 
 impl HubSettings {
@@ -58,6 +69,7 @@ impl HubSettings {
             max_subscribers_per_channel: config.limits.max_subscribers_per_channel,
             reset_event: config.sse.reset_event.clone(),
             coalesce_window: config.sse.coalesce_window,
+            mirror: config.backend.kind == "redis",
         }
     }
 
@@ -84,6 +96,10 @@ pub enum HubError {
     ShuttingDown,
     #[error("channel {0:?} has the maximum number of subscribers")]
     ChannelFull(String),
+    /// Mirror role: a channel is not (or no longer) followed; the backend follows it and
+    /// tries again.
+    #[error("channel {0:?} is not followed from the backend yet")]
+    NotFollowed(String),
 }
 
 /// Per-channel figures for `/stats`.
@@ -98,15 +114,20 @@ pub struct ChannelStats {
 pub struct Hub {
     /// Live channels by name. Lock order: this map, then channels in name order.
     channels: Mutex<HashMap<Arc<str>, Arc<Channel>>>,
-    /// Last assigned event ID.
+    /// The merge horizon: owner, the last assigned ID (assigned under the channel lock, so
+    /// the event is in its ring once the lock is released); mirror, the last ID the
+    /// backend's reader handed over, in ID order.
     seq: AtomicU64,
-    /// IDs at or below this were assigned by an earlier process: never in our history.
-    base_seq: u64,
+    /// IDs below this are from an earlier process (owner) or an earlier Redis data set
+    /// (mirror, the backend's epoch): never in our history.
+    base_seq: AtomicU64,
     /// Highest ID evicted from a channel that has since been removed; a resume from below
     /// it on a channel we no longer know may have missed events.
     removed_floor: AtomicU64,
     /// Monotonic origin for the millisecond timestamps stored with events.
     epoch: Instant,
+    /// `epoch` in microseconds since the Unix epoch, to place backend IDs on it.
+    start_unix_us: u64,
     /// Set when shutdown begins: streams end and publishes are refused.
     closing: AtomicBool,
     settings: HubSettings,
@@ -115,6 +136,10 @@ pub struct Hub {
     /// window has the same length, so appending keeps the order).
     flush_queue: Mutex<VecDeque<(tokio::time::Instant, Arc<Channel>)>>,
     flush_ready: tokio::sync::Notify,
+    /// Mirror role: channels waiting for a barrier to go live, see `mirror`.
+    staged: Mutex<Vec<mirror::Staged>>,
+    /// Mirror role: signalled whenever followed channels go live or are dropped.
+    follow_changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -126,14 +151,17 @@ impl Hub {
         Arc::new(Self {
             channels: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(now_micros),
-            base_seq: now_micros,
+            base_seq: AtomicU64::new(now_micros),
             removed_floor: AtomicU64::new(0),
             epoch: Instant::now(),
+            start_unix_us: now_micros,
             closing: AtomicBool::new(false),
             settings,
             metrics,
             flush_queue: Mutex::new(VecDeque::new()),
             flush_ready: tokio::sync::Notify::new(),
+            staged: Mutex::new(Vec::new()),
+            follow_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -243,16 +271,27 @@ impl Hub {
         names: &[String],
         last_event_id: Option<&str>,
     ) -> Result<Subscription, HubError> {
+        if self.is_closing() {
+            return Err(HubError::ShuttingDown);
+        }
         let mut map = self.lock_map();
         let floor = self.removed_floor.load(Ordering::Acquire);
         let mut channels: Vec<Arc<Channel>> = Vec::with_capacity(names.len());
         for name in names {
-            // Subscribing may create a channel even at the channel limit: a subscriber
-            // costs a connection, which has its own limits.
-            let ch = map
-                .entry(Arc::from(name.as_str()))
-                .or_insert_with_key(|k| Arc::new(Channel::new(k, floor)))
-                .clone();
+            // The channel limit holds for subscribers too: without it, streams naming
+            // fresh channels would grow the map past `limits.max_channels`.
+            let ch = match map.get(name.as_str()) {
+                Some(ch) => ch.clone(),
+                None if self.settings.mirror => return Err(HubError::NotFollowed(name.clone())),
+                None if map.len() >= self.settings.max_channels => {
+                    return Err(HubError::TooManyChannels(self.settings.max_channels));
+                }
+                None => {
+                    let ch = Arc::new(Channel::new(name, floor));
+                    map.insert(ch.name.clone(), ch.clone());
+                    ch
+                }
+            };
             if !channels.iter().any(|c| Arc::ptr_eq(c, &ch)) {
                 channels.push(ch);
             }
@@ -264,6 +303,9 @@ impl Hub {
         let mut guards: Vec<MutexGuard<'_, ChannelState>> =
             channels.iter().map(|c| c.lock()).collect();
         drop(map);
+        if let Some(loading) = guards.iter().position(|g| g.is_loading()) {
+            return Err(HubError::NotFollowed(channels[loading].name.to_string()));
+        }
         if let Some(full) = guards
             .iter()
             .position(|g| g.subscribers >= self.settings.max_subscribers_per_channel)
@@ -282,7 +324,9 @@ impl Hub {
         if let Some(from) = resume_from {
             let reason = match from {
                 None => Some("unknown_id"),
-                Some(id) if id > last_seq || id < self.base_seq => Some("unknown_id"),
+                Some(id) if id > last_seq || id < self.base_seq.load(Ordering::Acquire) => {
+                    Some("unknown_id")
+                }
                 Some(id) => {
                     let max_age = self.settings.history_max_age.as_millis() as u64;
                     let oldest_ms = self.now_ms().saturating_sub(max_age);
@@ -342,7 +386,10 @@ impl Hub {
         map.retain(|_, ch| {
             let mut g = ch.lock();
             g.trim_older_than(oldest_ms);
-            let keep = g.subscribers > 0 || !g.is_empty();
+            // A mirror keeps a channel only while it is read (or being followed): its
+            // history lives in the backend and is loaded again on the next subscribe.
+            let keep =
+                g.subscribers > 0 || g.is_loading() || (!self.settings.mirror && !g.is_empty());
             if !keep {
                 g.removed = true;
                 self.removed_floor

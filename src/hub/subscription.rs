@@ -167,6 +167,8 @@ fn poll_merged(
         let horizon = hub.seq.load(Ordering::Acquire);
         let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
         let mut pending_beyond_horizon = false;
+        // Mirror role: an event loaded with history can wait beyond the horizon until its
+        // pub/sub message arrives; the subscriber parks on its channel meanwhile.
         // Each channel contributes a bounded slice; the lowest last ID among slices that
         // were cut short bounds what is safe to deliver this time.
         let mut cutoff = u64::MAX;
@@ -180,7 +182,11 @@ fn poll_merged(
             let mut last_id = 0;
             while let Some(e) = g.get(pos) {
                 if e.id > horizon {
-                    pending_beyond_horizon = true;
+                    if hub.settings.mirror && e.id > hub.seq.load(Ordering::Acquire) {
+                        g.park(&mut c.parked, cx.waker());
+                    } else {
+                        pending_beyond_horizon = true;
+                    }
                     break;
                 }
                 if bytes >= MAX_BATCH_BYTES || pos - c.pos >= MAX_BATCH_EVENTS as u64 {
@@ -197,6 +203,8 @@ fn poll_merged(
             }
         }
         if batch.is_empty() {
+            // Beyond a horizon that has moved since: look again. Blocked channels have a
+            // waker registered and do not count.
             if pending_beyond_horizon {
                 continue;
             }

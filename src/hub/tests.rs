@@ -15,6 +15,7 @@ fn settings(history: usize, queue: usize) -> HubSettings {
         max_subscribers_per_channel: 100,
         reset_event: "reset".into(),
         coalesce_window: Duration::ZERO,
+        mirror: false,
     }
 }
 
@@ -251,6 +252,22 @@ fn channel_limit_refuses_new_channels_only() {
         Err(HubError::TooManyChannels(2))
     );
     hub.publish(&[ev("a", "2")]).unwrap();
+    assert_eq!(
+        hub.subscribe(&names(&["a", "d"]), None).err(),
+        Some(HubError::TooManyChannels(2))
+    );
+    assert_eq!(hub.channel_count(), 2);
+    hub.subscribe(&names(&["a", "b"]), None).unwrap();
+}
+
+#[test]
+fn subscribing_while_closing_is_refused() {
+    let hub = hub(10, 10);
+    hub.close();
+    assert_eq!(
+        hub.subscribe(&names(&["a"]), None).err(),
+        Some(HubError::ShuttingDown)
+    );
 }
 
 /// Publishers on several threads, one subscriber on several channels: every event

@@ -98,14 +98,31 @@ async function rowFor(page, id) {
   }));
 }
 
-async function waitConnected(page) {
-  await page.locator('#state[data-state="connected"]').waitFor({ timeout: STEP_TIMEOUT_MS });
+/** The number of the page's current connect(), from #state. */
+async function connectionNumber(page) {
+  return Number((await page.getAttribute("#state", "data-connection")) ?? "0");
 }
 
+/** Wait until stream number `n` (not an earlier one) is connected. */
+async function waitConnected(page, n) {
+  await page.locator(`#state[data-state="connected"][data-connection="${n}"]`)
+    .waitFor({ timeout: STEP_TIMEOUT_MS });
+}
+
+/** Reconnect through the form and wait for the new stream, never the old one. */
+async function reconnect(page) {
+  const next = (await connectionNumber(page)) + 1;
+  await page.click("#connect");
+  await waitConnected(page, next);
+}
+
+/** Publish through the form and return the answer to *this* publish: the page numbers
+ * publishes, and the result element names the one whose answer it shows. */
 async function publishWithForm(page, fields) {
   for (const [id, value] of Object.entries(fields)) await page.fill(id, value);
+  const sent = Number((await page.getAttribute("#publish-result", "data-sent")) ?? "0") + 1;
   await page.click("#publish");
-  const result = page.locator("#publish-result.ok, #publish-result.error");
+  const result = page.locator(`#publish-result[data-answered="${sent}"]`);
   await result.waitFor({ timeout: STEP_TIMEOUT_MS });
   return { ok: await result.evaluate((el) => el.classList.contains("ok")), text: await result.textContent() };
 }
@@ -125,14 +142,13 @@ try {
 
   await page.goto(base, { timeout: STEP_TIMEOUT_MS });
   check((await page.title()) === "herald demo", "page title");
-  await waitConnected(page);
+  await waitConnected(page, 1);
   check((await page.inputValue("#channels")) === "demo", "default channel is demo");
   emit({ step: "connected" });
 
   // Reconnect, also listening for the type the Rust side will publish.
   await page.fill("#types", "server-note");
-  await page.click("#connect");
-  await waitConnected(page);
+  await reconnect(page);
 
   // A refused publish shows herald's JSON error.
   const refused = await publishWithForm(page, { "#pub-channel": "no spaces allowed", "#pub-event": "" });

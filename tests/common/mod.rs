@@ -11,6 +11,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::config::Config;
@@ -94,6 +96,8 @@ pub struct HeraldProcess {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Set by the stderr reader at the end of the pipe: every line is in `stderr_lines`.
+    stderr_closed: Arc<AtomicBool>,
 }
 
 impl HeraldProcess {
@@ -129,9 +133,10 @@ impl HeraldProcess {
             .expect("spawn herald");
         let stderr = child.stderr.take().unwrap();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr_closed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         {
-            let lines = lines.clone();
+            let (lines, closed) = (lines.clone(), stderr_closed.clone());
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains("herald listening") {
@@ -139,6 +144,7 @@ impl HeraldProcess {
                     }
                     lines.lock().unwrap().push(line);
                 }
+                closed.store(true, Ordering::SeqCst);
             });
         }
         let line = match rx.recv_timeout(Duration::from_secs(10)) {
@@ -156,6 +162,7 @@ impl HeraldProcess {
             child,
             dir,
             stderr_lines: lines,
+            stderr_closed,
         };
         // Built first, so a panic here still kills the child on drop.
         wait_ready(process.admin);
@@ -205,6 +212,14 @@ impl HeraldProcess {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Wait up to `deadline` until stderr has been read to its end (the process exited and
+    /// the reader thread took its last line); true if it was. Only then is
+    /// [`HeraldProcess::stderr_text`] everything the process wrote.
+    pub async fn wait_stderr_closed(&self, deadline: Duration) -> bool {
+        let closed = self.stderr_closed.clone();
+        wait_until(deadline, move || closed.load(Ordering::SeqCst)).await
     }
 
     /// Everything the process wrote to stderr so far.

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod duration;
+
 /// The defaults, embedded in the binary so `herald` runs with no file at all.
 /// `deploy/herald.toml` documents the same keys; a test keeps the two in step.
-pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
+pub const DEFAULTS_TOML: &str = include_str!("../defaults.toml");
 
 /// Prefix of environment overrides: `HERALD_SSE__HEARTBEAT_INTERVAL=30s` sets
 /// `sse.heartbeat_interval` (`__` separates a section from its key).
@@ -60,19 +62,19 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields)]
 pub struct SseConfig {
     /// How often an idle stream gets a keep-alive, so proxies do not cut it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// When non-empty, heartbeats are events of this type instead of `: ping` comments,
     /// so browser code (which never sees comments) can run a watchdog.
     pub heartbeat_event: String,
     /// Reconnection delay sent as the `retry:` line that opens each stream.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry: Duration,
     /// Event type sent when a resume cannot be served from history.
     pub reset_event: String,
     /// A channel wakes its subscribers at most once per window; events published inside
     /// it go out together at its end. Zero sends every publish at once.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub coalesce_window: Duration,
 }
 
@@ -82,10 +84,10 @@ pub struct HistoryConfig {
     /// Events retained per channel for `Last-Event-ID` resume.
     pub max_events: usize,
     /// Events older than this are dropped from history.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_age: Duration,
     /// How often aged events and empty channels are swept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
 
@@ -103,17 +105,17 @@ pub struct LimitsConfig {
     /// New streams an IP may open at once before the rate applies.
     pub new_streams_burst_per_ip: u32,
     /// `Retry-After` sent with 503 refusals.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_after: Duration,
     /// Kernel send buffer of each public connection (SO_SNDBUF); 0 keeps the kernel's.
     pub send_buffer_bytes: usize,
     /// A write that makes no progress for this long ends the connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub write_timeout: Duration,
     /// Largest request head (request line + headers), in bytes (431 beyond).
     pub max_header_bytes: usize,
     /// Streams are ended after this long (with a `retry:` hint) so load rebalances; 0s is off.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_connection_lifetime: Duration,
     /// Random spread added to `max_connection_lifetime`, as a fraction of it (0..=1).
     pub connection_lifetime_jitter: f64,
@@ -137,10 +139,10 @@ pub struct LimitsConfig {
     /// Unread bytes a subscriber may have pending before it is disconnected as too slow.
     pub subscriber_queue_bytes: usize,
     /// A publish body that has not fully arrived by then gets 408 (slow POST).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub body_read_timeout: Duration,
     /// A request whose headers have not arrived by then is closed (slowloris).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub header_read_timeout: Duration,
 }
 
@@ -156,7 +158,7 @@ pub struct AuthConfig {
     /// Cookie that may carry a subscriber JWT (EventSource cannot set headers).
     pub cookie_name: String,
     /// How long a ticket from `POST /tickets` stays valid.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ticket_ttl: Duration,
     /// Unused tickets held at once (503 beyond).
     pub max_tickets: usize,
@@ -191,8 +193,39 @@ pub struct JwtConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// `memory`: one node, everything in process.
+    /// `memory`: one node, everything in process. `redis`: any number of nodes share
+    /// IDs, history and fan-out through one Redis.
     pub kind: String,
+    pub redis: RedisConfig,
+}
+
+/// `backend.redis.*`, read when `backend.kind = "redis"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel, so several clusters share one Redis.
+    pub key_prefix: String,
+    /// PEM file of the CA that signed the server's certificate (`rediss://`); empty
+    /// uses the system's roots.
+    pub tls_ca_file: String,
+    /// Longest wait for a TCP (and TLS) connection to Redis.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one command's answer; a publish then gets 503.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// First delay before reconnecting after Redis went away; doubles per failure.
+    #[serde(with = "duration")]
+    pub reconnect_backoff_min: Duration,
+    /// Longest delay between reconnect attempts.
+    #[serde(with = "duration")]
+    pub reconnect_backoff_max: Duration,
+    /// How often the node checks its pub/sub connection end to end (a message it sends
+    /// itself must come back within `command_timeout`).
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +249,7 @@ pub struct TelemetryConfig {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// Longest time between SIGTERM and exit; open streams are ended within it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub drain_timeout: Duration,
 }
 
@@ -446,14 +479,19 @@ impl Config {
                 ));
             }
         }
-        if self.backend.kind != "memory" {
-            return Err(invalid(
-                "backend.kind",
-                format!(
-                    "unknown backend {:?} (supported: \"memory\")",
-                    self.backend.kind
-                ),
-            ));
+        match self.backend.kind.as_str() {
+            "memory" => {}
+            "redis" => self
+                .backend
+                .redis
+                .validate()
+                .map_err(|(k, r)| invalid(k, r))?,
+            other => {
+                return Err(invalid(
+                    "backend.kind",
+                    format!("unknown backend {other:?} (supported: \"memory\", \"redis\")"),
+                ))
+            }
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return Err(invalid(
@@ -497,7 +535,90 @@ impl Config {
         if !shown.auth.jwt.secret.is_empty() {
             shown.auth.jwt.secret = redacted();
         }
+        shown.backend.redis.url = redact_url_password(&shown.backend.redis.url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| ("backend.redis.url", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err((
+                "backend.redis.url",
+                "must start with redis:// or rediss://".into(),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(("backend.redis.url", "names no host".into()));
+        }
+        let db = url.path().trim_start_matches('/');
+        if !db.is_empty() && db.parse::<u16>().is_err() {
+            return Err((
+                "backend.redis.url",
+                format!("database {db:?} is not a number"),
+            ));
+        }
+        if redis::Client::open(self.url.as_str()).is_err() {
+            return Err(("backend.redis.url", "not a Redis URL".into()));
+        }
+        if self.key_prefix.is_empty()
+            || self.key_prefix.len() > 64
+            || !self.key_prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err((
+                "backend.redis.key_prefix",
+                "must be 1 to 64 printable ASCII characters without spaces".into(),
+            ));
+        }
+        if !self.tls_ca_file.is_empty() {
+            if url.scheme() != "rediss" {
+                return Err((
+                    "backend.redis.tls_ca_file",
+                    "is set but backend.redis.url is not rediss://".into(),
+                ));
+            }
+            if !Path::new(&self.tls_ca_file).is_file() {
+                return Err((
+                    "backend.redis.tls_ca_file",
+                    format!("{} is not a readable file", self.tls_ca_file),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("backend.redis.connect_timeout", self.connect_timeout),
+            ("backend.redis.command_timeout", self.command_timeout),
+            (
+                "backend.redis.reconnect_backoff_min",
+                self.reconnect_backoff_min,
+            ),
+            ("backend.redis.health_interval", self.health_interval),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err((key, "must be at least 1ms".into()));
+            }
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_min {
+            return Err((
+                "backend.redis.reconnect_backoff_max",
+                "must not be below backend.redis.reconnect_backoff_min".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `url` with its password replaced, for logs and `check-config`.
+pub fn redact_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("<redacted>"));
+            url.to_string()
+        }
+        Ok(_) => raw.to_string(),
+        // Not a URL: it may still hold a secret, so show none of it.
+        Err(_) => "<redacted: not a URL>".to_string(),
     }
 }
 
@@ -565,6 +686,30 @@ mod tests {
             ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
             ("[history]\nmax_evnts = 3\n", "max_evnts"),
             ("[backend]\nkind = \"etcd\"\n", "backend.kind"),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nurl = \"http://x\"\n",
+                "backend.redis.url",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nurl = \"redis://h/x\"\n",
+                "backend.redis.url",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nkey_prefix = \"a b\"\n",
+                "backend.redis.key_prefix",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\ncommand_timeout = \"0s\"\n",
+                "backend.redis.command_timeout",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nreconnect_backoff_max = \"1ms\"\n",
+                "backend.redis.reconnect_backoff_max",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\ntls_ca_file = \"/nonexistent\"\n",
+                "backend.redis.tls_ca_file",
+            ),
         ];
         for (text, key) in cases {
             let file = dir.path().join("bad.toml");
@@ -579,5 +724,37 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
         let from_file = Config::load_with_env(Some(&example), env(&[])).unwrap();
         assert_eq!(from_file.to_toml(), Config::default().to_toml());
+    }
+
+    #[test]
+    fn redis_password_never_shown() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("HERALD_BACKEND__KIND", "redis"),
+                (
+                    "HERALD_BACKEND__REDIS__URL",
+                    "redis://herald:s3cr3t-pw@127.0.0.1:6380/2",
+                ),
+            ]),
+        )
+        .unwrap();
+        let shown = c.to_toml();
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(
+            shown.contains("redis://herald:%3Credacted%3E@127.0.0.1:6380/2"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact_url_password("::not a url s3cr3t"),
+            "<redacted: not a URL>"
+        );
+    }
+
+    #[test]
+    fn check_config_speaks_in_seconds() {
+        let shown = Config::default().to_toml();
+        assert!(shown.contains("heartbeat_interval = \"120s\""), "{shown}");
+        assert!(shown.contains("max_age = \"3600s\""), "{shown}");
     }
 }

@@ -1,0 +1,433 @@
+//! The Redis backend: IDs, history and fan-out shared by every node.
+//!
+//! A node holds two Redis connections whatever its number of streams and channels: a
+//! multiplexed command connection (publishes, history loads, barriers; concurrent
+//! requests are pipelined on it) and one pub/sub connection on which every event arrives
+//! once ([`reader`]). The data layout and the scripts are in [`scripts`].
+//!
+//! A subscribe on a channel the node does not follow yet loads its history into the hub
+//! (see `hub::mirror`): one script call and one barrier round trip, then the stream is
+//! served from the node's ring like with the memory backend, and so are later resumes.
+
+mod reader;
+mod scripts;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{Client, Value};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::BackendError;
+use crate::config::{redact_url_password, Config};
+use crate::hub::{FollowStatus, Hub, HubError, NewEvent, Retained, Subscription};
+use crate::metrics::Metrics;
+use crate::sse;
+use scripts::{Keys, Scripts};
+
+/// Channels per history-load script call: a catch-up of many channels is split so that
+/// no single script holds Redis for long.
+const LOAD_CHUNK: usize = 256;
+/// Idle streams deleted per sweep call.
+const SWEEP_LIMIT: usize = 1000;
+
+struct Settings {
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    health_interval: Duration,
+    sweep_interval: Duration,
+    max_events: usize,
+    max_age_us: u64,
+}
+
+pub struct RedisBackend {
+    client: Client,
+    commands: ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    /// This node's name in barriers, so it recognises its own.
+    node: String,
+    /// The last barrier number handed out.
+    barriers: AtomicU64,
+    /// The newest own barrier the reader has met.
+    barrier_seen: tokio::sync::watch::Sender<u64>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    /// The pub/sub connection is subscribed and its last probe came back in time.
+    up: AtomicBool,
+    /// Redis answered at least once since the start (readiness).
+    reached: AtomicBool,
+    /// The URL with its password masked, for logs.
+    display_url: String,
+}
+
+impl RedisBackend {
+    pub fn new(config: &Config, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
+        let redis = &config.backend.redis;
+        let display_url = redact_url_password(&redis.url);
+        let client = if redis.tls_ca_file.is_empty() {
+            Client::open(redis.url.as_str())
+        } else {
+            let root_cert = std::fs::read(&redis.tls_ca_file)
+                .map_err(|e| format!("backend.redis.tls_ca_file: {e}"))?;
+            Client::build_with_tls(
+                redis.url.as_str(),
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )
+        }
+        .map_err(|e| format!("backend.redis.url: {e}"))?;
+        let manager_config = ::redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(redis.connect_timeout))
+            .set_response_timeout(Some(redis.command_timeout))
+            .set_min_delay(redis.reconnect_backoff_min)
+            .set_max_delay(redis.reconnect_backoff_max)
+            .set_number_of_retries(2);
+        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| format!("backend.redis.url: {e}"))?;
+        let node = format!("{:016x}", rand::random::<u64>());
+        metrics.backend_up.set(0);
+        Ok(Arc::new(Self {
+            client,
+            commands,
+            keys: Keys::new(&redis.key_prefix),
+            scripts: Scripts::new(),
+            node,
+            barriers: AtomicU64::new(0),
+            barrier_seen: tokio::sync::watch::Sender::new(0),
+            hub,
+            metrics,
+            settings: Settings {
+                command_timeout: redis.command_timeout,
+                connect_timeout: redis.connect_timeout,
+                backoff_min: redis.reconnect_backoff_min,
+                backoff_max: redis.reconnect_backoff_max,
+                health_interval: redis.health_interval,
+                sweep_interval: config.history.sweep_interval,
+                max_events: config.history.max_events,
+                max_age_us: config.history.max_age.as_micros() as u64,
+            },
+            up: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
+            display_url,
+        }))
+    }
+
+    /// The pub/sub reader and the idle-stream sweeper, until `stop`.
+    pub fn spawn_tasks(self: Arc<Self>, stop: CancellationToken) {
+        tracing::info!(url = %self.display_url, prefix = %self.keys.prefix, "redis backend");
+        tokio::spawn(reader::run(self.clone(), stop.clone()));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.settings.sweep_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = self.sweep_idle_streams().await; }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn reached_once(&self) -> bool {
+        self.reached.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        self.metrics.backend_up.set(i64::from(up));
+        if up {
+            self.reached.store(true, Ordering::Release);
+        }
+    }
+
+    /// One command with the command timeout, timed and counted.
+    async fn timed<T>(
+        &self,
+        command: &'static str,
+        call: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.command_timeout, call).await;
+        self.metrics
+            .redis_command_seconds
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+        let (kind, message) = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if e.is_timeout() => ("timeout", e.to_string()),
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
+                ("connect", e.to_string())
+            }
+            Ok(Err(e)) => ("command", e.to_string()),
+            Err(_) => (
+                "timeout",
+                format!("no answer within {:?}", self.settings.command_timeout),
+            ),
+        };
+        self.metrics.backend_errors.with_label_values(&[kind]).inc();
+        tracing::warn!(command, kind, error = %message, "redis command failed");
+        Err(BackendError::Unavailable(format!("{command}: {message}")))
+    }
+
+    /// Publish a batch in one script: IDs, history and fan-out in one atomic step.
+    pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<u64>, BackendError> {
+        if self.hub.is_closing() {
+            return Err(HubError::ShuttingDown.into());
+        }
+        let keys = &self.keys;
+        let mut call = self.scripts.publish.prepare_invoke();
+        call.key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.evicted)
+            .key(&keys.active);
+        for ev in batch {
+            call.key(keys.stream(&ev.channel));
+        }
+        call.arg(self.hub.horizon())
+            .arg(self.settings.max_events)
+            .arg(self.settings.max_age_us)
+            .arg(&keys.events);
+        for ev in batch {
+            let body = sse::encode(&sse::Event {
+                id: None,
+                event: ev.event.as_deref(),
+                data: &ev.data,
+                retry: ev.retry,
+            });
+            call.arg(&ev.channel).arg(body.as_ref());
+        }
+        let mut conn = self.commands.clone();
+        let answer: Vec<u64> = self.timed("publish", call.invoke_async(&mut conn)).await?;
+        let (epoch, ids) = answer
+            .split_first()
+            .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
+        self.hub.rebase(*epoch);
+        self.metrics.events_published.inc_by(ids.len() as u64);
+        Ok(ids.to_vec())
+    }
+
+    /// Follow `names` (loading what is not followed yet), then subscribe.
+    pub async fn subscribe(
+        &self,
+        names: &[String],
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, BackendError> {
+        let deadline = Instant::now() + 3 * self.settings.command_timeout;
+        let resume_id = last_event_id.and_then(|raw| raw.trim().parse::<u64>().ok());
+        // A follow races at most a reconnect or a sweep; a third miss means trouble.
+        for _ in 0..3 {
+            if self.hub.is_closing() {
+                return Err(HubError::ShuttingDown.into());
+            }
+            let plan = self.hub.begin_follow(names)?;
+            if !plan.load.is_empty() {
+                let load: Vec<(String, u64)> = plan.load.iter().map(|n| (n.clone(), 0)).collect();
+                if let Err(e) = self.load_and_stage(&load).await {
+                    self.hub.abort_follow(&plan.load);
+                    return Err(e);
+                }
+            } else if resume_id.is_some_and(|id| id > self.hub.horizon()) {
+                // An ID from another node that our reader has not passed yet: once our own
+                // barrier is back, it has, or the ID was never assigned.
+                let n = self.next_barrier();
+                self.send_barrier(n).await?;
+                self.wait_barrier(n, deadline).await?;
+            }
+            match self.hub.wait_followed(names, deadline).await {
+                FollowStatus::Live => {}
+                FollowStatus::Missing => continue,
+                FollowStatus::Loading => {
+                    self.hub.abort_follow(&plan.load);
+                    return Err(BackendError::Unavailable(
+                        "channel history did not arrive in time".into(),
+                    ));
+                }
+            }
+            match self.hub.subscribe(names, last_event_id) {
+                Err(HubError::NotFollowed(_)) => continue,
+                other => return Ok(other?),
+            }
+        }
+        Err(BackendError::Unavailable(
+            "channels were dropped while following them".into(),
+        ))
+    }
+
+    /// Load the history of each `(channel, after ID)` into the hub's staging area and
+    /// send the barrier that completes it. Returns how many events were loaded.
+    async fn load_and_stage(&self, channels: &[(String, u64)]) -> Result<usize, BackendError> {
+        let barrier = self.next_barrier();
+        let mut loaded = 0;
+        let chunks: Vec<&[(String, u64)]> = if channels.is_empty() {
+            vec![&[]] // still read the epoch
+        } else {
+            channels.chunks(LOAD_CHUNK).collect()
+        };
+        for chunk in chunks {
+            let keys = &self.keys;
+            let mut call = self.scripts.load.prepare_invoke();
+            call.key(&keys.seq)
+                .key(&keys.epoch)
+                .key(&keys.evicted)
+                .key(&keys.removed_floor);
+            for (name, _) in chunk {
+                call.key(keys.stream(name));
+            }
+            call.arg(self.hub.horizon())
+                .arg(self.settings.max_events)
+                .arg(self.settings.max_age_us);
+            for (name, after) in chunk {
+                call.arg(name).arg(*after);
+            }
+            let mut conn = self.commands.clone();
+            let answer: Value = self.timed("load", call.invoke_async(&mut conn)).await?;
+            let answer = LoadAnswer::parse(answer, chunk.len())
+                .ok_or_else(|| BackendError::Unavailable("load: unexpected answer".into()))?;
+            self.hub.rebase(answer.epoch);
+            for ((name, _), (floor, history)) in chunk.iter().zip(answer.channels) {
+                loaded += history.len();
+                self.hub.stage(name, history, floor, barrier);
+            }
+        }
+        self.send_barrier(barrier).await?;
+        Ok(loaded)
+    }
+
+    fn next_barrier(&self) -> u64 {
+        self.barriers.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    async fn send_barrier(&self, n: u64) -> Result<(), BackendError> {
+        let mut conn = self.commands.clone();
+        let message = format!("!{}:{n}", self.node);
+        let mut publish = ::redis::cmd("PUBLISH");
+        publish.arg(&self.keys.events).arg(message);
+        self.timed("barrier", publish.query_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    async fn wait_barrier(&self, n: u64, deadline: Instant) -> Result<(), BackendError> {
+        let mut seen = self.barrier_seen.subscribe();
+        let until = tokio::time::Instant::from_std(deadline);
+        let reached = tokio::time::timeout_at(until, seen.wait_for(|v| *v >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(
+                "pub/sub did not answer in time".into(),
+            ))
+        }
+    }
+
+    /// A pub/sub message: an event for the hub, or a barrier.
+    fn handle_message(&self, payload: &[u8]) -> Option<u64> {
+        if let Some(barrier) = payload.strip_prefix(b"!") {
+            let text = std::str::from_utf8(barrier).ok()?;
+            let (node, n) = text.split_once(':')?;
+            if node != self.node {
+                return None;
+            }
+            let n: u64 = n.parse().ok()?;
+            self.hub.complete_barrier(n);
+            self.barrier_seen.send_if_modified(|seen| {
+                let newer = n > *seen;
+                *seen = (*seen).max(n);
+                newer
+            });
+            return Some(n);
+        }
+        let newline = memchr::memchr(b'\n', payload)?;
+        let channel = std::str::from_utf8(&payload[..newline]).ok()?;
+        let encoded = &payload[newline + 1..];
+        let id = encoded
+            .strip_prefix(b"id: ")
+            .and_then(|rest| rest.split(|b| *b == b'\n').next())
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse().ok())?;
+        self.hub.apply(channel, id, Bytes::copy_from_slice(encoded));
+        None
+    }
+
+    async fn sweep_idle_streams(&self) -> Result<u64, BackendError> {
+        let keys = &self.keys;
+        let mut call = self.scripts.sweep.prepare_invoke();
+        call.key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.evicted)
+            .key(&keys.removed_floor)
+            .key(&keys.active)
+            .arg(self.hub.horizon())
+            .arg(self.settings.max_age_us)
+            .arg(keys.stream(""))
+            .arg(SWEEP_LIMIT);
+        let mut conn = self.commands.clone();
+        self.timed("sweep", call.invoke_async(&mut conn)).await
+    }
+}
+
+/// The load script's answer: `{epoch, seq, floor, {id, bytes, ...}, floor, {...}, ...}`.
+struct LoadAnswer {
+    epoch: u64,
+    channels: Vec<(u64, Vec<Retained>)>,
+}
+
+impl LoadAnswer {
+    fn parse(value: Value, channels: usize) -> Option<Self> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let mut items = items.into_iter();
+        let epoch = number(&items.next()?)?;
+        let _seq = number(&items.next()?)?;
+        let mut out = Vec::with_capacity(channels);
+        for _ in 0..channels {
+            let floor = number(&items.next()?)?;
+            let flat = match items.next()? {
+                Value::Array(flat) => flat,
+                _ => return None,
+            };
+            let mut history = Vec::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(id), Some(bytes)) = (flat.next(), flat.next()) {
+                let Value::BulkString(bytes) = bytes else {
+                    return None;
+                };
+                history.push(Retained {
+                    id: number(&id)?,
+                    bytes: Bytes::from(bytes),
+                });
+            }
+            out.push((floor, history));
+        }
+        Some(Self {
+            epoch,
+            channels: out,
+        })
+    }
+}
+
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
