@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+
+pub mod redis;
 use herald::config::Config;
 
 /// The repository root (where Cargo.toml is).
@@ -82,7 +84,7 @@ fn alive(id: ProcId) -> bool {
     matches!(proc_stat(id.0), Some((s, _, start)) if start == id.1 && s != 'Z')
 }
 
-fn send_signal(pid: u32, signal: &str) {
+pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
