@@ -132,6 +132,11 @@ impl ChannelState {
         self.ring.push_back(event);
     }
 
+    /// The position just after the events with IDs up to `id`.
+    pub fn pos_after(&self, id: u64) -> u64 {
+        self.start_pos + self.ring.partition_point(|e| e.id <= id) as u64
+    }
+
     /// Bytes from absolute position `pos` to the end of the ring.
     pub fn bytes_behind(&self, pos: u64) -> u64 {
         self.get(pos).map_or(0, |e| self.pushed_bytes - e.offset)

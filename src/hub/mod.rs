@@ -318,7 +318,14 @@ impl Hub {
         let mut positions = Vec::with_capacity(guards.len());
         for g in guards.iter_mut() {
             g.subscribers += 1;
-            positions.push(g.end_pos());
+            // Mirror: loaded history can hold events beyond the horizon whose turn in the
+            // global order has not come; a new stream starts before them, so what it gets
+            // is exactly the events after its start, in ID order.
+            positions.push(if self.settings.mirror {
+                g.pos_after(last_seq)
+            } else {
+                g.end_pos()
+            });
         }
         let live_from = positions.clone();
         if let Some(from) = resume_from {
@@ -341,9 +348,7 @@ impl Hub {
                 }
             };
             if let Some(reason) = reason {
-                for (g, pos) in guards.iter().zip(positions.iter_mut()) {
-                    *pos = g.end_pos();
-                }
+                positions.clone_from(&live_from);
                 reset = Some((reason, self.reset_event(reason, last_event_id, last_seq)));
             }
         }
@@ -448,5 +453,7 @@ fn parse_event_id(raw: &str) -> Option<u64> {
     raw.parse().ok()
 }
 
+#[cfg(test)]
+mod mirror_tests;
 #[cfg(test)]
 mod tests;

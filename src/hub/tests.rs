@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 
-fn settings(history: usize, queue: usize) -> HubSettings {
+pub(super) fn settings(history: usize, queue: usize) -> HubSettings {
     HubSettings {
         history_max_events: history,
         history_max_age: Duration::from_secs(3600),
@@ -34,7 +34,7 @@ fn ev(channel: &str, data: &str) -> NewEvent {
 
 /// Counts wake-ups, so a test sees whether a parked subscriber was woken.
 #[derive(Default)]
-struct CountingWaker(AtomicUsize);
+pub(super) struct CountingWaker(pub AtomicUsize);
 
 impl Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
@@ -42,12 +42,12 @@ impl Wake for CountingWaker {
     }
 }
 
-fn names(list: &[&str]) -> Vec<String> {
+pub(super) fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
 /// Poll until Pending, returning the IDs delivered (parsed from the `id:` lines).
-fn drain(sub: &mut Subscription, waker: &Waker) -> (Vec<u64>, SubscriptionPoll, String) {
+pub(super) fn drain(sub: &mut Subscription, waker: &Waker) -> (Vec<u64>, SubscriptionPoll, String) {
     let mut cx = Context::from_waker(waker);
     let mut ids = Vec::new();
     let mut text = String::new();
