@@ -98,9 +98,7 @@ fn resumes_below_the_backend_floor_or_epoch_get_a_reset() {
     let hub = mirror();
     let base = hub.horizon();
     follow(&hub, "a", &[base + 5, base + 6], base + 4, 1);
-    for apply_id in [base + 7] {
-        hub.apply("a", apply_id, encoded(apply_id));
-    }
+    hub.apply("a", base + 7, encoded(base + 7));
     let (_, w) = waker();
     let mut ok = hub
         .subscribe(&names(&["a"]), Some(&(base + 4).to_string()))
