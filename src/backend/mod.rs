@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// Why a publish or a subscribe could not be served.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     #[error(transparent)]
     Hub(#[from] HubError),

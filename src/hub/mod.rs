@@ -88,7 +88,7 @@ pub struct NewEvent {
     pub retry: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum HubError {
     #[error("the node holds the maximum of {0} channels")]
     TooManyChannels(usize),

@@ -9,6 +9,7 @@
 //! (see `hub::mirror`): one script call and one barrier round trip, then the stream is
 //! served from the node's ring like with the memory backend, and so are later resumes.
 
+mod publisher;
 mod reader;
 mod scripts;
 
@@ -66,6 +67,10 @@ pub struct RedisBackend {
     reached: AtomicBool,
     /// The URL with its password masked, for logs.
     display_url: String,
+    /// Publishes waiting for the group commit (see `publisher`).
+    publish_queue: tokio::sync::mpsc::Sender<publisher::Request>,
+    /// The other end, until `spawn_tasks` hands it to the publisher task.
+    publish_requests: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<publisher::Request>>>,
 }
 
 impl RedisBackend {
@@ -95,6 +100,7 @@ impl RedisBackend {
         let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .map_err(|e| format!("backend.redis.url: {e}"))?;
         let node = format!("{:016x}", rand::random::<u64>());
+        let (publish_queue, publish_requests) = tokio::sync::mpsc::channel(publisher::QUEUE);
         metrics.backend_up.set(0);
         Ok(Arc::new(Self {
             client,
@@ -119,6 +125,8 @@ impl RedisBackend {
             up: AtomicBool::new(false),
             reached: AtomicBool::new(false),
             display_url,
+            publish_queue,
+            publish_requests: std::sync::Mutex::new(Some(publish_requests)),
         }))
     }
 
@@ -126,6 +134,14 @@ impl RedisBackend {
     pub fn spawn_tasks(self: Arc<Self>, stop: CancellationToken) {
         tracing::info!(url = %self.display_url, prefix = %self.keys.prefix, "redis backend");
         tokio::spawn(reader::run(self.clone(), stop.clone()));
+        let requests = self
+            .publish_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(requests) = requests {
+            tokio::spawn(publisher::run(self.clone(), requests, stop.clone()));
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(self.settings.sweep_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,32 +199,55 @@ impl RedisBackend {
         Err(BackendError::Unavailable(format!("{command}: {message}")))
     }
 
-    /// Publish a batch in one script: IDs, history and fan-out in one atomic step.
+    /// Publish a batch atomically: IDs, history and fan-out in one script, shared with
+    /// whatever other publishes are queued at the time (see `publisher`).
     pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<u64>, BackendError> {
         if self.hub.is_closing() {
             return Err(HubError::ShuttingDown.into());
         }
+        let events = batch
+            .iter()
+            .map(|ev| {
+                let body = sse::encode(&sse::Event {
+                    id: None,
+                    event: ev.event.as_deref(),
+                    data: &ev.data,
+                    retry: ev.retry,
+                });
+                (ev.channel.clone(), body)
+            })
+            .collect();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || BackendError::Unavailable("the publisher task has stopped".into());
+        self.publish_queue
+            .send(publisher::Request { events, reply })
+            .await
+            .map_err(|_| gone())?;
+        let ids = answer.await.map_err(|_| gone())??;
+        self.metrics.events_published.inc_by(ids.len() as u64);
+        Ok(ids)
+    }
+
+    /// The publish script over `events`, in order; their IDs.
+    async fn run_publish_script(
+        &self,
+        events: &[&(String, Bytes)],
+    ) -> Result<Vec<u64>, BackendError> {
         let keys = &self.keys;
         let mut call = self.scripts.publish.prepare_invoke();
         call.key(&keys.seq)
             .key(&keys.epoch)
             .key(&keys.evicted)
             .key(&keys.active);
-        for ev in batch {
-            call.key(keys.stream(&ev.channel));
+        for (channel, _) in events {
+            call.key(keys.stream(channel));
         }
         call.arg(self.hub.horizon())
             .arg(self.settings.max_events)
             .arg(self.settings.max_age_us)
             .arg(&keys.events);
-        for ev in batch {
-            let body = sse::encode(&sse::Event {
-                id: None,
-                event: ev.event.as_deref(),
-                data: &ev.data,
-                retry: ev.retry,
-            });
-            call.arg(&ev.channel).arg(body.as_ref());
+        for (channel, body) in events {
+            call.arg(channel).arg(body.as_ref());
         }
         let mut conn = self.commands.clone();
         let answer: Vec<u64> = self.timed("publish", call.invoke_async(&mut conn)).await?;
@@ -216,7 +255,6 @@ impl RedisBackend {
             .split_first()
             .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
         self.hub.rebase(*epoch);
-        self.metrics.events_published.inc_by(ids.len() as u64);
         Ok(ids.to_vec())
     }
 

@@ -83,17 +83,24 @@ for i = 1, #KEYS - 4 do
   local channel = ARGV[3 + 2 * i]
   local s = num(id)
   local encoded = 'id: ' .. s .. '\n' .. ARGV[4 + 2 * i]
+  -- The newest ID trimmed, for the gap floor. The oldest entry is one cheap read; a
+  -- reverse range below min_id scans the stream, so it runs only when something aged.
   local cut = 0
+  local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
   local over = redis.call('XLEN', key) - max_events + 1
-  if over > 0 then
+  if over == 1 then
+    cut = sid(oldest[1])
+  elseif over > 1 then
     local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', over)
     cut = sid(gone[#gone][1])
   end
   redis.call('XADD', key, 'MAXLEN', max_events, s .. '-0', 'm', encoded)
-  local old = redis.call('XREVRANGE', key, '(' .. min_id .. '-0', '-', 'COUNT', 1)
-  if old[1] then
-    cut = math.max(cut, sid(old[1][1]))
-    redis.call('XTRIM', key, 'MINID', min_id .. '-0')
+  if oldest and sid(oldest[1]) < tonumber(min_id) then
+    local old = redis.call('XREVRANGE', key, '(' .. min_id .. '-0', '-', 'COUNT', 1)
+    if old[1] then
+      cut = math.max(cut, sid(old[1][1]))
+      redis.call('XTRIM', key, 'MINID', min_id .. '-0')
+    end
   end
   if cut > 0 then
     redis.call('HSET', KEYS[3], channel, num(cut))

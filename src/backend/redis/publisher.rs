@@ -1,0 +1,91 @@
+//! Group commit for publishes: requests that arrive while earlier script calls are in
+//! flight travel together in the next one.
+//!
+//! Why: one script call costs Redis ~25 µs of fixed work (script lookup, argument
+//! conversion, the Lua call) and the node a command round trip, whatever the number of
+//! events in it. Publishers on many connections therefore queue here, and one call carries
+//! everything queued, up to `MAX_GROUP_EVENTS`. Each request's events stay consecutive and
+//! atomic (the script is), each caller gets its own IDs, and a failed call fails every
+//! request in it: nothing is answered 200 unless Redis took it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::RedisBackend;
+use crate::backend::BackendError;
+
+/// Script calls in flight at once; more requests wait and join the next group.
+const MAX_IN_FLIGHT: usize = 4;
+/// Events in one script call (a request is never split, so one may exceed it alone).
+const MAX_GROUP_EVENTS: usize = 1000;
+/// Requests waiting for a call; past it, publishers wait to queue (backpressure).
+pub(super) const QUEUE: usize = 4096;
+
+/// One publish request: `(channel, encoding without the id line)` per event.
+pub(super) struct Request {
+    pub events: Vec<(String, Bytes)>,
+    pub reply: oneshot::Sender<Result<Vec<u64>, BackendError>>,
+}
+
+pub(super) async fn run(
+    backend: Arc<RedisBackend>,
+    mut queue: mpsc::Receiver<Request>,
+    stop: CancellationToken,
+) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let first = tokio::select! {
+            request = queue.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        // Take a slot first: while waiting for it, more requests queue up for this group.
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut events = first.events.len();
+        let mut group = vec![first];
+        while events < MAX_GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(request) => {
+                    events += request.events.len();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            commit(&backend, group).await;
+        });
+    }
+}
+
+async fn commit(backend: &RedisBackend, group: Vec<Request>) {
+    let events: Vec<&(String, Bytes)> = group.iter().flat_map(|r| &r.events).collect();
+    match backend.run_publish_script(&events).await {
+        Ok(ids) => {
+            let mut ids = ids.into_iter();
+            for request in group {
+                let mine: Vec<u64> = ids.by_ref().take(request.events.len()).collect();
+                let answer = if mine.len() == request.events.len() {
+                    Ok(mine)
+                } else {
+                    Err(BackendError::Unavailable("publish: short answer".into()))
+                };
+                let _ = request.reply.send(answer);
+            }
+        }
+        Err(e) => {
+            for request in group {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
