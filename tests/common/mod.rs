@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod sse_parser;
+pub mod traffic;
 
 #[allow(unused_imports)]
 pub use client::*;
@@ -109,6 +110,21 @@ impl HeraldProcess {
 
     /// [`HeraldProcess::spawn`] with extra environment variables (`HERALD_*` overrides).
     pub fn spawn_with_env(extra_toml: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::try_spawn_with_env(extra_toml, args, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`HeraldProcess::spawn`], but a process that ends (or stays silent) before it
+    /// listens is an `Err` with what it wrote, for a caller that retries: a restart on a
+    /// fixed port may find the port taken by another socket for a moment.
+    pub fn try_spawn(extra_toml: &str, args: &[&str]) -> Result<Self, String> {
+        Self::try_spawn_with_env(extra_toml, args, &[])
+    }
+
+    fn try_spawn_with_env(
+        extra_toml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herald.toml");
         let has_server = extra_toml.contains("[server]");
@@ -151,7 +167,8 @@ impl HeraldProcess {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!("herald did not start: {:?}", lines.lock().unwrap());
+                let _ = child.wait();
+                return Err(format!("herald did not start: {:?}", lines.lock().unwrap()));
             }
         };
         let v: serde_json::Value = serde_json::from_str(&line).expect("json log line");
@@ -166,7 +183,7 @@ impl HeraldProcess {
         };
         // Built first, so a panic here still kills the child on drop.
         wait_ready(process.admin);
-        process
+        Ok(process)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {

@@ -1,4 +1,4 @@
-//! Helpers for tests that run real external servers (nginx, Prometheus) next to herald:
+//! Helpers for tests that run real external servers (nginx, Redis, Prometheus) next to herald:
 //! loopback ports, a child process stopped by its pid (and its forked workers) on drop,
 //! an incremental reader for event streams, and herald configs built from TOML text.
 #![allow(dead_code)]
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+pub mod nginx;
 pub mod redis;
 use herald::config::Config;
 
