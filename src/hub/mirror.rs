@@ -41,8 +41,20 @@ pub(crate) struct Loading {
     resync: bool,
 }
 
+/// What waits for barriers: channel histories, and Redis's last ID as read by loads.
+#[derive(Default)]
+pub(super) struct Staging {
+    channels: Vec<Staged>,
+    /// `(barrier, last ID)`: once the barrier is back, every event up to that ID is in
+    /// the ring of every channel followed (see [`Hub::stage_horizon`]).
+    horizons: Vec<(u64, u64)>,
+    /// Channels of the current catch-up not merged yet. While any is, the horizon stays:
+    /// their rings lack what was missed, and their subscribers read on.
+    resyncing: usize,
+}
+
 /// History waiting for its barrier.
-pub(super) struct Staged {
+struct Staged {
     barrier: u64,
     channel: Arc<Channel>,
     history: Vec<Retained>,
@@ -134,12 +146,24 @@ impl Hub {
             return;
         }
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.push(Staged {
+        staged.channels.push(Staged {
             barrier,
             channel,
             history,
             floor,
         });
+    }
+
+    /// A load read `last_id` as the backend's newest ID before `barrier` was sent. When the
+    /// barrier is back, the reader has received everything published before it, and the
+    /// loads hold everything older on channels nobody followed yet: the horizon may move
+    /// to `last_id`. (Without this, after events lost on pub/sub during a reconnect on
+    /// channels not followed then, the horizon would wait for the next event to pass them:
+    /// resumes from such IDs were refused as unknown, merged streams stalled.) Staged
+    /// horizons die with the pub/sub connection they were read on (`begin_resync`).
+    pub fn stage_horizon(&self, barrier: u64, last_id: u64) {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.horizons.push((barrier, last_id));
     }
 
     /// Drop channels of `names` still loading without subscribers (a follow that failed).
@@ -167,10 +191,6 @@ impl Hub {
     /// with subscribers turns loading again and is returned with the ID to catch up
     /// after; follows in progress are dropped (their callers follow again).
     pub fn begin_resync(&self) -> Vec<(String, u64)> {
-        self.staged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
         let mut map = self.lock_map();
         let mut catch_up = Vec::new();
         map.retain(|name, ch| {
@@ -188,6 +208,12 @@ impl Hub {
         });
         self.metrics.channels.set(map.len() as i64);
         drop(map);
+        // Only the reader calls this and `complete_barrier`, so no barrier completes
+        // between the marking above and this reset.
+        *self.staged.lock().unwrap_or_else(|e| e.into_inner()) = Staging {
+            resyncing: catch_up.len(),
+            ..Staging::default()
+        };
         self.follow_changed.notify_waiters();
         catch_up
     }
@@ -197,11 +223,15 @@ impl Hub {
     pub fn complete_barrier(&self, barrier: u64) {
         let mut ready: Vec<Staged> = {
             let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-            let (ready, waiting) = staged.drain(..).partition(|s| s.barrier <= barrier);
-            *staged = waiting;
+            let (ready, waiting) = staged
+                .channels
+                .drain(..)
+                .partition(|s| s.barrier <= barrier);
+            staged.channels = waiting;
             ready
         };
         if ready.is_empty() {
+            self.raise_horizon(barrier, 0);
             return;
         }
         ready.sort_by(|a, b| a.channel.name.cmp(&b.channel.name));
@@ -214,13 +244,12 @@ impl Hub {
         let capacity = self.settings.ring_capacity();
         let wake_at = tokio::time::Instant::now();
         let mut wakers = Vec::new();
-        let mut newest = 0;
-        let mut resynced = false;
+        let mut resynced = 0;
         for ((staged, g), ch) in ready.iter_mut().zip(guards.iter_mut()).zip(&channels) {
             let Some(loading) = g.loading.take() else {
                 continue;
             };
-            resynced |= loading.resync;
+            resynced += usize::from(loading.resync);
             let history = std::mem::take(&mut staged.history);
             let last_loaded = history.last().map_or(0, |e| e.id);
             let mut floor = staged.floor;
@@ -237,7 +266,6 @@ impl Hub {
                 if g.last_id().is_some_and(|last| event.id <= last) {
                     continue;
                 }
-                newest = newest.max(event.id);
                 let at_ms = self.at_ms_of(event.id);
                 g.push(
                     Stored {
@@ -251,16 +279,34 @@ impl Hub {
             }
             self.wake_or_defer(g, ch, wake_at, &mut wakers);
         }
-        if resynced {
-            // Every channel with subscribers was part of the catch-up and is complete up
-            // to the barrier, so the horizon may pass what it loaded.
-            self.seq.fetch_max(newest, Ordering::AcqRel);
-        }
+        // Under the locks: a merged subscriber sees the catch-up and the horizon that
+        // passes it together.
+        self.raise_horizon(barrier, resynced);
         drop(guards);
         for w in wakers {
             w.wake();
         }
         self.follow_changed.notify_waiters();
+    }
+
+    /// Move the horizon to the newest last ID staged up to `barrier`, unless a catch-up is
+    /// still missing channels (`merged` of them were just merged).
+    fn raise_horizon(&self, barrier: u64, merged: usize) {
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.resyncing = staged.resyncing.saturating_sub(merged);
+        if staged.resyncing > 0 {
+            return;
+        }
+        let horizon = staged
+            .horizons
+            .iter()
+            .filter(|(b, _)| *b <= barrier)
+            .map(|(_, id)| *id)
+            .max();
+        staged.horizons.retain(|(b, _)| *b > barrier);
+        if let Some(horizon) = horizon {
+            self.seq.fetch_max(horizon, Ordering::AcqRel);
+        }
     }
 
     /// The reader's hand-over of one event, in ID order across all channels.

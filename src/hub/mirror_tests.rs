@@ -226,3 +226,54 @@ fn reconnects_drop_follows_in_progress_and_sweeps_drop_unread_channels() {
     );
     drop(sub);
 }
+
+/// Events lost on pub/sub (a reconnect) on channels nobody followed then: the last ID a
+/// load read moves the horizon at its barrier, so resumes from those IDs are not
+/// refused as unknown and merged streams do not wait for the next event.
+#[test]
+fn a_loaded_last_id_moves_the_horizon_at_its_barrier() {
+    let hub = mirror();
+    let base = hub.horizon();
+    hub.begin_follow(&names(&["quiet"])).unwrap();
+    hub.stage("quiet", retained(&[base + 40]), 0, 1);
+    hub.stage_horizon(1, base + 50);
+    hub.complete_barrier(1);
+    assert_eq!(hub.horizon(), base + 50);
+    let resumed = hub
+        .subscribe(&names(&["quiet"]), Some(&(base + 45).to_string()))
+        .unwrap();
+    assert!(!resumed.starts_with_reset());
+    let (_, w) = waker();
+    let mut merged = hub
+        .subscribe(&names(&["quiet"]), Some(&(base + 1).to_string()))
+        .unwrap();
+    assert_eq!(drain(&mut merged, &w).0, vec![base + 40]);
+}
+
+/// While a catch-up is missing channels, no other barrier moves the horizon past what
+/// those channels lack.
+#[test]
+fn a_follow_completing_during_a_catch_up_leaves_the_horizon() {
+    let hub = mirror();
+    let base = hub.horizon();
+    follow(&hub, "a", &[], 0, 1);
+    follow(&hub, "b", &[], 0, 2);
+    let (_, w) = waker();
+    let mut sub = hub.subscribe(&names(&["a", "b"]), None).unwrap();
+    hub.begin_resync();
+    // A new channel's follow completes first and read Redis's last ID as base+9.
+    hub.begin_follow(&names(&["c"])).unwrap();
+    hub.stage("c", retained(&[base + 9]), 0, 3);
+    hub.stage_horizon(3, base + 9);
+    hub.complete_barrier(3);
+    assert!(
+        hub.horizon() < base + 9,
+        "the catch-up of a and b is pending"
+    );
+    hub.stage("a", retained(&[base + 5]), 0, 4);
+    hub.stage("b", retained(&[base + 7]), 0, 4);
+    hub.stage_horizon(4, base + 8);
+    hub.complete_barrier(4);
+    assert_eq!(hub.horizon(), base + 9);
+    assert_eq!(drain(&mut sub, &w).0, vec![base + 5, base + 7]);
+}

@@ -137,7 +137,7 @@ pub struct Hub {
     flush_queue: Mutex<VecDeque<(tokio::time::Instant, Arc<Channel>)>>,
     flush_ready: tokio::sync::Notify,
     /// Mirror role: channels waiting for a barrier to go live, see `mirror`.
-    staged: Mutex<Vec<mirror::Staged>>,
+    staged: Mutex<mirror::Staging>,
     /// Mirror role: signalled whenever followed channels go live or are dropped.
     follow_changed: tokio::sync::Notify,
 }
@@ -160,7 +160,7 @@ impl Hub {
             metrics,
             flush_queue: Mutex::new(VecDeque::new()),
             flush_ready: tokio::sync::Notify::new(),
-            staged: Mutex::new(Vec::new()),
+            staged: Mutex::new(mirror::Staging::default()),
             follow_changed: tokio::sync::Notify::new(),
         })
     }

@@ -280,10 +280,10 @@ impl RedisBackend {
                 }
             } else if resume_id.is_some_and(|id| id > self.hub.horizon()) {
                 // An ID from another node that our reader has not passed yet: once our own
-                // barrier is back, it has, or the ID was never assigned.
-                let n = self.next_barrier();
-                self.send_barrier(n).await?;
-                self.wait_barrier(n, deadline).await?;
+                // barrier is back after a read of Redis's last ID, it has, or the ID was
+                // never assigned.
+                let barrier = self.load_and_stage(&[]).await?.0;
+                self.wait_barrier(barrier, deadline).await?;
             }
             match self.hub.wait_followed(names, deadline).await {
                 FollowStatus::Live => {}
@@ -305,11 +305,16 @@ impl RedisBackend {
         ))
     }
 
-    /// Load the history of each `(channel, after ID)` into the hub's staging area and
-    /// send the barrier that completes it. Returns how many events were loaded.
-    async fn load_and_stage(&self, channels: &[(String, u64)]) -> Result<usize, BackendError> {
+    /// Load the history of each `(channel, after ID)` into the hub's staging area, with
+    /// Redis's last ID, and send the barrier that completes them. Returns the barrier and
+    /// how many events were loaded.
+    async fn load_and_stage(
+        &self,
+        channels: &[(String, u64)],
+    ) -> Result<(u64, usize), BackendError> {
         let barrier = self.next_barrier();
         let mut loaded = 0;
+        let mut last_id = 0;
         let chunks: Vec<&[(String, u64)]> = if channels.is_empty() {
             vec![&[]] // still read the epoch
         } else {
@@ -336,13 +341,15 @@ impl RedisBackend {
             let answer = LoadAnswer::parse(answer, chunk.len())
                 .ok_or_else(|| BackendError::Unavailable("load: unexpected answer".into()))?;
             self.hub.rebase(answer.epoch);
+            last_id = last_id.max(answer.last_id);
             for ((name, _), (floor, history)) in chunk.iter().zip(answer.channels) {
                 loaded += history.len();
                 self.hub.stage(name, history, floor, barrier);
             }
         }
+        self.hub.stage_horizon(barrier, last_id);
         self.send_barrier(barrier).await?;
-        Ok(loaded)
+        Ok((barrier, loaded))
     }
 
     fn next_barrier(&self) -> u64 {
@@ -423,6 +430,8 @@ impl RedisBackend {
 /// The load script's answer: `{epoch, seq, floor, {id, bytes, ...}, floor, {...}, ...}`.
 struct LoadAnswer {
     epoch: u64,
+    /// Redis's last assigned ID when the script ran.
+    last_id: u64,
     channels: Vec<(u64, Vec<Retained>)>,
 }
 
@@ -433,7 +442,7 @@ impl LoadAnswer {
         };
         let mut items = items.into_iter();
         let epoch = number(&items.next()?)?;
-        let _seq = number(&items.next()?)?;
+        let last_id = number(&items.next()?)?;
         let mut out = Vec::with_capacity(channels);
         for _ in 0..channels {
             let floor = number(&items.next()?)?;
@@ -456,6 +465,7 @@ impl LoadAnswer {
         }
         Some(Self {
             epoch,
+            last_id,
             channels: out,
         })
     }

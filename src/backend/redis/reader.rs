@@ -80,7 +80,7 @@ async fn serve(
         let backend = backend.clone();
         tokio::spawn(async move {
             match backend.load_and_stage(&catch_up).await {
-                Ok(loaded) if again => {
+                Ok((_, loaded)) if again => {
                     backend
                         .metrics
                         .backend_caught_up_events
