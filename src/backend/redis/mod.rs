@@ -237,7 +237,7 @@ impl RedisBackend {
         let mut call = self.scripts.publish.prepare_invoke();
         call.key(&keys.seq)
             .key(&keys.epoch)
-            .key(&keys.evicted)
+            .key(&keys.last)
             .key(&keys.active);
         for (channel, _) in events {
             call.key(keys.stream(channel));
@@ -325,7 +325,7 @@ impl RedisBackend {
             let mut call = self.scripts.load.prepare_invoke();
             call.key(&keys.seq)
                 .key(&keys.epoch)
-                .key(&keys.evicted)
+                .key(&keys.last)
                 .key(&keys.removed_floor);
             for (name, _) in chunk {
                 call.key(keys.stream(name));
@@ -398,15 +398,24 @@ impl RedisBackend {
             });
             return Some(n);
         }
-        let newline = memchr::memchr(b'\n', payload)?;
-        let channel = std::str::from_utf8(&payload[..newline]).ok()?;
-        let encoded = &payload[newline + 1..];
-        let id = encoded
-            .strip_prefix(b"id: ")
-            .and_then(|rest| rest.split(|b| *b == b'\n').next())
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| digits.parse().ok())?;
-        self.hub.apply(channel, id, Bytes::copy_from_slice(encoded));
+        // One publish script's events: `<channel>\n<encoding>` each, an encoding ending
+        // with its blank line (and holding no other: every line has a field name).
+        let payload = Bytes::copy_from_slice(payload);
+        let mut rest = &payload[..];
+        while !rest.is_empty() {
+            let newline = memchr::memchr(b'\n', rest)?;
+            let channel = std::str::from_utf8(&rest[..newline]).ok()?;
+            let event = &rest[newline + 1..];
+            let len = memchr::memmem::find(event, b"\n\n")? + 2;
+            let id = event
+                .strip_prefix(b"id: ")
+                .and_then(|line| line.split(|b| *b == b'\n').next())
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .and_then(|digits| digits.parse().ok())?;
+            self.hub
+                .apply(channel, id, payload.slice_ref(&event[..len]));
+            rest = &event[len..];
+        }
         None
     }
 
@@ -415,7 +424,7 @@ impl RedisBackend {
         let mut call = self.scripts.sweep.prepare_invoke();
         call.key(&keys.seq)
             .key(&keys.epoch)
-            .key(&keys.evicted)
+            .key(&keys.last)
             .key(&keys.removed_floor)
             .key(&keys.active)
             .arg(self.hub.horizon())

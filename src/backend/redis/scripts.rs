@@ -8,13 +8,18 @@
 //! - `P seq`: the last ID assigned; `P epoch`: the first ID of this data set (a Redis that
 //!   came back empty has a new one, so older IDs are known to be unknown);
 //! - `P s:<channel>`: the channel's stream, entry IDs `<event id>-0`, field `m` the
-//!   complete SSE encoding; trimmed to `history.max_events` and `history.max_age`;
-//! - `P evicted`: hash, channel -> newest ID trimmed from its stream (the gap floor);
+//!   complete SSE encoding and field `p` the ID of the channel's event before it;
+//!   trimmed (approximately, whole nodes at a time: cheap) to `history.max_events` and
+//!   `history.max_age`. The `p` of the oldest event a node loads is exactly the newest
+//!   one it does not have, trimmed or outside the window: the gap floor, with no
+//!   bookkeeping of what trimming removed;
+//! - `P last`: hash, channel -> its newest ID (the `p` of its next event);
 //! - `P active`: sorted set, channel -> newest ID, to find streams idle past `max_age`;
 //! - `P removed_floor`: newest ID of any idle stream deleted (the floor for channels
 //!   Redis no longer knows);
-//! - pub/sub channel `P events`: every event as `<channel>\n<encoding>`, and barriers
-//!   `!<node>:<n>` that a node sends itself.
+//! - pub/sub channel `P events`: one message per publish script, its events in order,
+//!   each as `<channel>\n<encoding>` (an encoding ends with its blank line); and
+//!   barriers `!<node>:<n>` that a node sends itself.
 //!
 //! IDs are `max(last + 1, Redis TIME in microseconds, the caller's newest ID + 1)`: they
 //! never go backwards, not after a herald restart and not after Redis restarts empty, and
@@ -29,7 +34,7 @@ pub struct Keys {
     pub prefix: String,
     pub seq: String,
     pub epoch: String,
-    pub evicted: String,
+    pub last: String,
     pub active: String,
     pub removed_floor: String,
     pub events: String,
@@ -42,7 +47,7 @@ impl Keys {
             prefix: prefix.to_string(),
             seq: key("seq"),
             epoch: key("epoch"),
-            evicted: key("evicted"),
+            last: key("last"),
             active: key("active"),
             removed_floor: key("removed_floor"),
             events: key("events"),
@@ -69,55 +74,50 @@ if not epoch then
 end
 "#;
 
-/// KEYS: seq, epoch, evicted, active, then one stream per event.
+/// KEYS: seq, epoch, last, active, then one stream per event.
 /// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, then per event its
 /// channel and its encoding without the `id:` line.
 /// Returns {epoch, id, id, ...}.
 const PUBLISH: &str = r#"
 local max_events = tonumber(ARGV[2])
-local min_id = num(now - tonumber(ARGV[3]))
+local min_id = num(now - tonumber(ARGV[3])) .. '-0'
 local id = math.max(last + 1, now, floor + 1)
 local out = {epoch}
+local message = {}
+local newest = {}
+local keys = {}
 for i = 1, #KEYS - 4 do
   local key = KEYS[4 + i]
   local channel = ARGV[3 + 2 * i]
   local s = num(id)
   local encoded = 'id: ' .. s .. '\n' .. ARGV[4 + 2 * i]
-  -- The newest ID trimmed, for the gap floor. The oldest entry is one cheap read; a
-  -- reverse range below min_id scans the stream, so it runs only when something aged.
-  local cut = 0
-  local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
-  local over = redis.call('XLEN', key) - max_events + 1
-  if over == 1 then
-    cut = sid(oldest[1])
-  elseif over > 1 then
-    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', over)
-    cut = sid(gone[#gone][1])
+  local prev = newest[channel]
+  if prev == nil then
+    prev = redis.call('HGET', KEYS[3], channel) or '0'
+    keys[channel] = key
   end
-  redis.call('XADD', key, 'MAXLEN', max_events, s .. '-0', 'm', encoded)
-  if oldest and sid(oldest[1]) < tonumber(min_id) then
-    local old = redis.call('XREVRANGE', key, '(' .. min_id .. '-0', '-', 'COUNT', 1)
-    if old[1] then
-      cut = math.max(cut, sid(old[1][1]))
-      redis.call('XTRIM', key, 'MINID', min_id .. '-0')
-    end
-  end
-  if cut > 0 then
-    redis.call('HSET', KEYS[3], channel, num(cut))
-  end
-  redis.call('ZADD', KEYS[4], id, channel)
-  redis.call('PUBLISH', ARGV[4], channel .. '\n' .. encoded)
+  redis.call('XADD', key, 'MAXLEN', '~', max_events, s .. '-0', 'm', encoded, 'p', prev)
+  newest[channel] = s
+  message[#message + 1] = channel .. '\n' .. encoded
   out[#out + 1] = s
   id = id + 1
 end
+for channel, s in pairs(newest) do
+  redis.call('HSET', KEYS[3], channel, s)
+  redis.call('XTRIM', keys[channel], 'MINID', '~', min_id)
+  redis.call('ZADD', KEYS[4], s, channel)
+end
+redis.call('PUBLISH', ARGV[4], table.concat(message))
 redis.call('SET', KEYS[1], num(id - 1))
 return out
 "#;
 
-/// KEYS: seq, epoch, evicted, removed_floor, then one stream per channel.
+/// KEYS: seq, epoch, last, removed_floor, then one stream per channel.
 /// ARGV: caller's newest ID, max_events, max_age_us, then per channel its name and the
 /// ID to load after (0: all that is retained).
-/// Returns {epoch, seq, then per channel: floor, {id, encoding, id, encoding, ...}}.
+/// Returns {epoch, seq, then per channel: floor, {id, encoding, id, encoding, ...}}: the
+/// newest `max_events` events after that ID and younger than `max_age`, oldest first,
+/// and the ID of the newest event before them (what a resume from below it misses).
 const LOAD: &str = r#"
 local max_events = tonumber(ARGV[2])
 local min_id = now - tonumber(ARGV[3])
@@ -128,23 +128,25 @@ for i = 1, #KEYS - 4 do
   local channel = ARGV[2 + 2 * i]
   local after = tonumber(ARGV[3 + 2 * i])
   local from = num(math.max(after + 1, min_id))
-  local floor_id = math.max(removed, tonumber(redis.call('HGET', KEYS[3], channel) or '0'))
-  local stale = redis.call('XREVRANGE', key, '(' .. from .. '-0', '-', 'COUNT', 1)
-  if stale[1] and sid(stale[1][1]) > after then
-    floor_id = math.max(floor_id, sid(stale[1][1]))
+  local entries = redis.call('XREVRANGE', key, '+', from .. '-0', 'COUNT', max_events)
+  local floor_id
+  if #entries > 0 then
+    floor_id = tonumber(entries[#entries][2][4] or '0')
+  else
+    floor_id = tonumber(redis.call('HGET', KEYS[3], channel) or '0')
   end
   local flat = {}
-  for _, e in ipairs(redis.call('XRANGE', key, from .. '-0', '+', 'COUNT', max_events)) do
-    flat[#flat + 1] = num(sid(e[1]))
-    flat[#flat + 1] = e[2][2]
+  for j = #entries, 1, -1 do
+    flat[#flat + 1] = num(sid(entries[j][1]))
+    flat[#flat + 1] = entries[j][2][2]
   end
-  out[#out + 1] = num(floor_id)
+  out[#out + 1] = num(math.max(floor_id, removed))
   out[#out + 1] = flat
 end
 return out
 "#;
 
-/// KEYS: seq, epoch, evicted, removed_floor, active.
+/// KEYS: seq, epoch, last, removed_floor, active.
 /// ARGV: caller's newest ID, max_age_us, stream key prefix, most streams to delete.
 /// Deletes streams whose newest event is older than max_age; returns how many.
 const SWEEP: &str = r#"
