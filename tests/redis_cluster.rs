@@ -4,8 +4,10 @@
 mod common;
 mod support;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use common::sse_parser::Event;
 use common::*;
 use serde_json::json;
 use support::redis::{RedisOptions, RedisServer};
@@ -78,4 +80,143 @@ async fn two_nodes_are_one_broker() {
     let mut on_a = SseClient::resume(&a.url("/events?channel=news"), &first.to_string()).await;
     on_a.expect_preamble().await;
     assert_eq!(on_a.next_event(WAIT).await.data, "n2");
+}
+
+const COLOURS: [&str; 3] = ["red", "green", "blue"];
+
+/// One publishing task: `rounds` publishes to `url`, every third one a batch of four
+/// events over all of `COLOURS`, the others single events; the `(id, data)` of every
+/// event accepted, in the order the answers came.
+async fn publisher(url: String, tag: String, rounds: usize) -> Vec<(u64, String)> {
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for round in 0..rounds {
+        if round % 3 == 2 {
+            let data: Vec<String> = (0..4).map(|k| format!("{tag}-{round}-{k}")).collect();
+            let batch: Vec<_> = data
+                .iter()
+                .enumerate()
+                .map(|(k, d)| json!({"channel": COLOURS[(round + k) % 3], "data": d}))
+                .collect();
+            let answer = publish(&client, &url, &json!(batch)).await;
+            let ids = answer["events"].as_array().expect("a batch answer").iter();
+            accepted.extend(ids.map(id_of).zip(data));
+        } else {
+            let data = format!("{tag}-{round}");
+            let id = publish_data(&client, &url, COLOURS[round % 3], &data).await;
+            accepted.push((id, data));
+        }
+    }
+    accepted
+}
+
+/// One subscriber of all `COLOURS`: reads `stream` (opened on `urls[at]`) until the event
+/// whose data is `"end"`, and every `switch_every` events goes on reading on the other
+/// node, resuming from the last ID received. Every event before `"end"`.
+async fn hopping_subscriber(
+    urls: [String; 2],
+    mut at: usize,
+    mut stream: SseClient,
+    switch_every: usize,
+) -> Vec<Event> {
+    let mut got: Vec<Event> = Vec::new();
+    loop {
+        let e = stream.next_event(Duration::from_secs(15)).await;
+        if e.data == "end" {
+            return got;
+        }
+        got.push(e);
+        if got.len() % switch_every == 0 {
+            at = 1 - at;
+            let last = &got.last().expect("an event").last_event_id;
+            stream = SseClient::resume(&urls[at], last).await;
+            assert_eq!(stream.status, 200, "resume on node {at} from {last}");
+            stream.expect_preamble().await;
+        }
+    }
+}
+
+/// Six publishers (three per node, singles and batches, 2016 events over three channels)
+/// and two subscribers that hop between the nodes every 250 events with `Last-Event-ID`:
+/// no ID is handed out twice, each publisher's IDs rise, and each subscriber receives
+/// every accepted event exactly once, in strictly rising ID order, with its own data.
+/// `history.sweep_interval` is short, so a node left without subscribers may drop the
+/// channels and load them from Redis again when a subscriber comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers_on_both_nodes_reach_hopping_subscribers_once_in_order() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let toml = format!(
+        "{}[history]\nsweep_interval = \"100ms\"\n",
+        redis.backend_toml()
+    );
+    let nodes = [
+        HeraldProcess::spawn(&toml, &["--demo"]),
+        HeraldProcess::spawn(&toml, &["--demo"]),
+    ];
+    let query = "/events?channel=red&channel=green&channel=blue";
+    let urls = [nodes[0].url(query), nodes[1].url(query)];
+
+    let mut subscribers = Vec::new();
+    for at in 0..2 {
+        let mut stream = SseClient::connect(&urls[at]).await;
+        assert_eq!(stream.status, 200);
+        stream.expect_preamble().await;
+        subscribers.push(tokio::spawn(hopping_subscriber(
+            urls.clone(),
+            at,
+            stream,
+            250,
+        )));
+    }
+    let mut publishers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for task in 0..3 {
+            let tag = format!("node{n}-task{task}");
+            publishers.push(tokio::spawn(publisher(node.url("/publish"), tag, 168)));
+        }
+    }
+    let mut accepted: HashMap<u64, String> = HashMap::new();
+    for p in publishers {
+        let events = p.await.expect("publisher task");
+        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "one publisher's IDs go back: {ids:?}"
+        );
+        for (id, data) in events {
+            if let Some(other) = accepted.insert(id, data.clone()) {
+                panic!("ID {id} handed out twice: {other} and {data}");
+            }
+        }
+    }
+    assert_eq!(accepted.len(), 2016);
+    let end = publish_data(
+        &reqwest::Client::new(),
+        &nodes[0].url("/publish"),
+        "red",
+        "end",
+    )
+    .await;
+    assert!(accepted.keys().all(|id| *id < end));
+
+    for (n, s) in subscribers.into_iter().enumerate() {
+        let got = s.await.expect("subscriber task");
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|e| e.last_event_id.parse().expect("a numeric ID"))
+            .collect();
+        if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
+            panic!("subscriber {n}: {} then {}", w[0], w[1]);
+        }
+        for (e, id) in got.iter().zip(&ids) {
+            assert_eq!(e.event_type, "message", "subscriber {n}: {e:?}");
+            assert_eq!(
+                accepted.get(id),
+                Some(&e.data),
+                "subscriber {n}: event {id} is not what was published"
+            );
+        }
+        // Rising IDs, each an accepted one, as many as were accepted: each exactly once.
+        assert_eq!(got.len(), accepted.len(), "subscriber {n}");
+    }
 }

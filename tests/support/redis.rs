@@ -214,13 +214,21 @@ impl RedisServer {
 /// A CA and a server certificate for 127.0.0.1 signed by it, written as `ca.pem`,
 /// `server.pem` and `server.key` into `dir`; returns the CA's path.
 fn write_certificates(dir: &std::path::Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    // Distinct subjects: with rcgen's default name on both, OpenSSL (redis-cli) takes the
+    // server certificate for a self-signed one and refuses it.
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "herald test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let server_key = KeyPair::generate().unwrap();
-    let server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "herald test redis");
     let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
