@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub enum BackendError {
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The backend cannot be reached (or did not answer in time): nothing was published.
+    /// The backend cannot be reached, or did not answer in time. Unreachable: nothing was
+    /// published. No answer in time: Redis may still have run the script.
     #[error("the backend is unavailable: {0}")]
     Unavailable(String),
 }

@@ -87,7 +87,8 @@ pub fn hub_error(e: HubError, retry_after: u64) -> ApiError {
 }
 
 /// Backend refusals: the hub's, or 503 `backend_unavailable` when Redis cannot be
-/// reached (nothing was published; the client retries after `Retry-After`).
+/// reached, or did not answer in time (the client retries after `Retry-After`; after a
+/// timeout the event may have been published anyway, see the README).
 pub fn backend_error(e: BackendError, retry_after: u64) -> ApiError {
     match e {
         BackendError::Hub(e) => hub_error(e, retry_after),
