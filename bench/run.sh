@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# `make bench`: the standard workloads of the performance issue against herald, the naive
+# `make bench`: the standard workloads of the performance issue against herald, herald
+# with `backend.kind = "redis"` (herald-redis: its own redis-server beside it), the naive
 # baseline broker (`herald-bench baseline`: hyper + one broadcast channel), the floor
 # (`herald-bench floor`: one write() per subscriber in a loop, no broker; idle, fanout-2
 # and publish only) and, when nginx + Nchan are installed, Nchan, in the same run; then a
 # side-by-side table.
 #
-#   bench/run.sh                  every workload, both brokers (~5-8 minutes)
+#   bench/run.sh                  every workload, every broker (~7-10 minutes)
 #   BENCH_BROKERS=herald bench/run.sh                herald alone
+#   BENCH_BROKERS="herald herald-redis" bench/run.sh  memory against Redis backend
 #   BENCH_WORKLOADS="fanout-2 publish" bench/run.sh   a subset
 #   BENCH_SUBSCRIBERS=2000 bench/run.sh              smaller (quick look)
 #   BENCH_REPEAT=3 bench/run.sh                       each workload 3 times, brokers
 #                                                    interleaved; the table shows medians
 #
 # Brokers run pinned to core 0 (`taskset -c 0`, nginx with one worker), the load tool on
-# core 1, so the broker's CPU figures are one core's worth. Each workload gets a fresh
-# broker process (memory figures start from an idle process). Only loopback addresses
-# are used: herald on 127.0.0.1:18080 (admin 19090), nginx + Nchan on 127.0.0.1:18081,
-# the baseline on 127.0.0.1:18082, the floor on 127.0.0.1:18083.
+# core 1, so the broker's CPU figures are one core's worth. herald-redis's redis-server
+# shares core 0 with herald (a real deployment gives Redis a host of its own); herald's
+# figures are its own process, Redis's are measured apart (--backend-pid). Each workload
+# gets a fresh broker process, and herald-redis a fresh, empty redis-server (memory
+# figures start from an idle process). Only loopback addresses are used: herald on
+# 127.0.0.1:18080 (admin 19090), nginx + Nchan on 127.0.0.1:18081, the baseline on
+# 127.0.0.1:18082, the floor on 127.0.0.1:18083, redis-server on 127.0.0.1:18379.
 #
 # Results: bench/results/latest.md and latest.json (the side-by-side table, every run,
 # the machine), and bench/results/runs/ (each run's report and progress log).
@@ -30,15 +35,18 @@ SUBS="${BENCH_SUBSCRIBERS:-10000}"
 BATCH="${BENCH_BATCH:-100}"
 REPEAT="${BENCH_REPEAT:-1}"
 WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
-WANT_BROKERS="${BENCH_BROKERS:-herald nchan baseline floor}"
+WANT_BROKERS="${BENCH_BROKERS:-herald herald-redis nchan baseline floor}"
 NGINX="${NGINX:-/usr/sbin/nginx}"
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+REDIS_SERVER="${REDIS_SERVER:-/usr/bin/redis-server}"
+REDIS_CLI="${REDIS_CLI:-/usr/bin/redis-cli}"
 
 HERALD_PORT=18080
 HERALD_ADMIN_PORT=19090
 NCHAN_PORT=18081
 BASELINE_PORT=18082
 FLOOR_PORT=18083
+REDIS_PORT=18379
 RESULTS="$ROOT/bench/results"
 RUNS="$RESULTS/runs"
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")"
@@ -48,6 +56,7 @@ HERALD_ENV=""
 NGINX_PID=""
 BASELINE_PID=""
 FLOOR_PID=""
+REDIS_PID=""
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -96,22 +105,17 @@ fi
 # Each stream is a descriptor: take the hard limit (20,000 here) for brokers and tool.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-for port in $HERALD_PORT $HERALD_ADMIN_PORT $NCHAN_PORT $BASELINE_PORT $FLOOR_PORT; do
-    if port_open "$port"; then
-        echo "bench: 127.0.0.1:$port is in use; stop whatever listens there first" >&2
-        exit 1
-    fi
-done
-
-log "building release binaries"
-cargo build --release --bins
-HERALD="$ROOT/target/release/herald"
-BENCH="$ROOT/target/release/herald-bench"
-
 BROKERS=()
 for broker in $WANT_BROKERS; do
     case "$broker" in
         herald | baseline | floor) BROKERS+=("$broker") ;;
+        herald-redis)
+            if [ -x "$REDIS_SERVER" ] && [ -x "$REDIS_CLI" ]; then
+                BROKERS+=(herald-redis)
+            else
+                echo "bench: redis-server or redis-cli is missing ($REDIS_SERVER, $REDIS_CLI): no herald-redis" >&2
+                echo "       (Debian: apt-get install redis-server)" >&2
+            fi ;;
         nchan)
             if [ -x "$NGINX" ] && [ -f "$NCHAN_MODULE" ]; then
                 BROKERS+=(nchan)
@@ -119,9 +123,31 @@ for broker in $WANT_BROKERS; do
                 echo "bench: nginx or the Nchan module is missing ($NGINX, $NCHAN_MODULE): no Nchan" >&2
                 echo "       (Debian: apt-get install nginx libnginx-mod-nchan)" >&2
             fi ;;
-        *) echo "bench: unknown broker $broker (herald, nchan, baseline, floor)" >&2; exit 64 ;;
+        *) echo "bench: unknown broker $broker (herald, herald-redis, nchan, baseline, floor)" >&2; exit 64 ;;
     esac
 done
+
+# The ports of the brokers that take part must be free (others may be in use).
+for broker in "${BROKERS[@]}"; do
+    case "$broker" in
+        herald) ports="$HERALD_PORT $HERALD_ADMIN_PORT" ;;
+        herald-redis) ports="$HERALD_PORT $HERALD_ADMIN_PORT $REDIS_PORT" ;;
+        nchan) ports=$NCHAN_PORT ;;
+        baseline) ports=$BASELINE_PORT ;;
+        floor) ports=$FLOOR_PORT ;;
+    esac
+    for port in $ports; do
+        if port_open "$port"; then
+            echo "bench: 127.0.0.1:$port ($broker) is in use; stop whatever listens there first" >&2
+            exit 1
+        fi
+    done
+done
+
+log "building release binaries"
+cargo build --release --bins
+HERALD="$ROOT/target/release/herald"
+BENCH="$ROOT/target/release/herald-bench"
 
 start_herald() {
     local attempt
@@ -141,6 +167,52 @@ start_herald() {
     echo "bench: herald did not start:" >&2
     tail -5 "$SCRATCH/herald.log" >&2
     return 1
+}
+
+# herald's /readyz answers 200 (with Redis: once the backend has been reached).
+herald_ready() {
+    local status
+    status="$( (exec 3<>"/dev/tcp/127.0.0.1/$HERALD_ADMIN_PORT" &&
+        printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && head -1 <&3) 2>/dev/null)"
+    [[ "$status" == *" 200 "* ]]
+}
+
+redis_cli() { "$REDIS_CLI" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+# Redis's `INFO memory` field $1 (bytes).
+redis_memory() { { redis_cli info memory 2>/dev/null || true; } | tr -d '\r' | sed -n "s/^$1://p"; }
+
+# A fresh, empty redis-server on core 0 (no snapshots, no AOF, a directory of its own),
+# then herald on it; both pids are measured, Redis's apart (--backend-pid).
+start_herald_redis() {
+    local dir="$SCRATCH/redis" i
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "${PIN_BROKER[@]}" "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+        --save '' --appendonly no --dir "$dir" --daemonize no --logfile '' \
+        >>"$SCRATCH/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for i in $(seq 1 100); do
+        [ "$(redis_cli ping 2>/dev/null)" = PONG ] && break
+        if ! kill -0 "$REDIS_PID" 2>/dev/null || [ "$i" = 100 ]; then
+            echo "bench: redis-server did not start:" >&2
+            tail -5 "$SCRATCH/redis.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    HERALD_ENV="$HERALD_ENV HERALD_BACKEND__KIND=redis HERALD_BACKEND__REDIS__URL=redis://127.0.0.1:$REDIS_PORT"
+    start_herald || return 1
+    for i in $(seq 1 100); do
+        herald_ready && break
+        if [ "$i" = 100 ]; then
+            echo "bench: herald did not reach Redis:" >&2
+            tail -5 "$SCRATCH/herald.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    TARGET_PIDS+=(--backend-pid "$REDIS_PID")
 }
 
 start_nchan() {
@@ -186,10 +258,13 @@ stop_brokers() {
     stop_pid "$NGINX_PID" "$grace"
     stop_pid "$BASELINE_PID" "$grace"
     stop_pid "$FLOOR_PID" "$grace"
+    # After herald, which would otherwise log a lost connection.
+    stop_pid "$REDIS_PID" "$grace"
     HERALD_PID=""
     NGINX_PID=""
     BASELINE_PID=""
     FLOOR_PID=""
+    REDIS_PID=""
 }
 
 # The load tool's arguments for a workload; empty when the broker does not take part.
@@ -199,6 +274,9 @@ workload_args() {
     case "$broker:$workload" in
         floor:idle | floor:fanout-2 | floor:publish) ;;
         floor:*) return 0 ;;
+        # The Redis backend: every workload but the connect storm and coalescing, which
+        # do not touch it.
+        herald-redis:storm | herald-redis:fanout-50-coalesced) return 0 ;;
     esac
     case "$workload" in
         idle) echo "--subscribers $SUBS --duration 3 --settle 3" ;;
@@ -208,10 +286,27 @@ workload_args() {
         fanout-50-coalesced) [ "$broker" = herald ] && echo "--subscribers $SUBS --rate 50 --duration 10" ;;
         publish) echo "--subscribers 0 --flood --duration 5 --settle 0" ;;
         # Batches are a herald feature.
-        publish-batch) [ "$broker" = herald ] && echo "--subscribers 0 --flood --batch $BATCH --duration 5 --settle 0" ;;
+        publish-batch) [[ "$broker" == herald* ]] && echo "--subscribers 0 --flood --batch $BATCH --duration 5 --settle 0" ;;
         storm) echo "--subscribers $SUBS --connect-rate 10000 --duration 2 --settle 0.5" ;;
         channels-10k) echo "--subscribers $SUBS --channels $SUBS --rate 10000 --duration 10" ;;
     esac
+}
+
+# Redis's memory after a run (before: $2, bytes) into its report, as MiB: `.redis`.
+record_redis_memory() {
+    local report=$1 before=$2 after peak
+    after="$(redis_memory used_memory)"
+    peak="$(redis_memory used_memory_peak)"
+    if ! command -v jq >/dev/null; then
+        echo "bench: jq is missing: Redis's used_memory is not recorded (apt-get install jq)" >&2
+        return 0
+    fi
+    [ -f "$report" ] && [ -n "$after" ] || return 0
+    jq --argjson before "${before:-0}" --argjson after "$after" --argjson peak "${peak:-0}" \
+        '.redis = {used_memory_before_mib: ($before / 1048576), used_memory_mib: ($after / 1048576),
+                   used_memory_peak_mib: ($peak / 1048576)}' "$report" >"$report.tmp" &&
+        mv "$report.tmp" "$report"
+    echo "bench: Redis used_memory $((before / 1024)) KiB before the run, $((after / 1024)) KiB after (peak $((peak / 1024)) KiB)" >&2
 }
 
 for workload in $WORKLOADS; do
@@ -234,13 +329,13 @@ for workload in $WORKLOADS; do
             [ -n "$args" ] || continue
             HERALD_ENV=""
             [ "$workload" = fanout-50-coalesced ] && HERALD_ENV="HERALD_SSE__COALESCE_WINDOW=250ms"
-            if ! "start_$broker"; then
+            if ! "start_${broker//-/_}"; then
                 echo "bench: skipping $workload / $broker" >&2
                 stop_brokers 2
                 continue
             fi
             case "$broker" in
-                herald)
+                herald | herald-redis)
                     urls=(--subscribe-url "http://127.0.0.1:$HERALD_PORT/events?channel={channel}"
                           --publish-url "http://127.0.0.1:$HERALD_PORT/publish" --publish-format herald) ;;
                 nchan)
@@ -253,6 +348,7 @@ for workload in $WORKLOADS; do
                           --publish-url "http://127.0.0.1:$port/pub?id={channel}" --publish-format raw) ;;
             esac
             run="$workload-$broker-$rep"
+            [ "$broker" = herald-redis ] && redis_before="$(redis_memory used_memory)"
             log "$workload / $broker (run $rep of $REPEAT): herald-bench $args"
             # shellcheck disable=SC2086 # $args is a list of flags
             if ! "${PIN_LOAD[@]}" "$BENCH" "${urls[@]}" $args "${TARGET_PIDS[@]}" \
@@ -260,13 +356,14 @@ for workload in $WORKLOADS; do
                 2> >(tee "$RUNS/$run.log" >&2); then
                 echo "bench: $workload / $broker failed (see $RUNS/$run.log)" >&2
             fi
+            [ "$broker" = herald-redis ] && record_redis_memory "$RUNS/$run.json" "$redis_before"
             stop_brokers
         done
     done
 done
 
 log "side by side (bench/results/latest.md)"
-"$BENCH" compare "$RUNS" \
+"$BENCH" compare "$RUNS" --ratio herald-redis/herald \
     --markdown "$RESULTS/latest.md" --json "$RESULTS/latest.json" \
-    --note "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with $(dpkg-query -W -f='libnginx-mod-nchan ${Version}' libnginx-mod-nchan 2>/dev/null || echo 'Nchan')" \
+    --note "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with $(dpkg-query -W -f='libnginx-mod-nchan ${Version}' libnginx-mod-nchan 2>/dev/null || echo 'Nchan'); $("$REDIS_SERVER" --version 2>/dev/null | cut -d' ' -f1-3 || echo 'no redis-server')" \
     --note "$SUBS streams, ~100-byte events; broker on core 0, load on core 1; $REPEAT run(s) of each; bench/run.sh took $(( $(date +%s) - started )) s"

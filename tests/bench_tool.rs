@@ -64,6 +64,9 @@ async fn every_subscriber_gets_every_event_once() {
         "herald",
         "--target-pid",
         &std::process::id().to_string(),
+        // Measured apart, like the Redis behind herald-redis in bench/run.sh.
+        "--backend-pid",
+        &std::process::id().to_string(),
     ];
     let report = bench(&args).await;
 
@@ -97,6 +100,9 @@ async fn every_subscriber_gets_every_event_once() {
         "/target/cpu_s",
         "/target/cpu_us_per_delivery",
         "/target/sys_percent_of_cpu",
+        "/backend/cpu_s",
+        "/backend/cpu_us_per_delivery",
+        "/open_s",
         "/load_cpu_percent",
     ] {
         assert!(
@@ -105,6 +111,7 @@ async fn every_subscriber_gets_every_event_once() {
         );
     }
     assert!(report["target"]["error"].is_null(), "{report:#}");
+    assert!(report["backend"]["error"].is_null(), "{report:#}");
     server.stop().await;
 }
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::figures::{FIGURES, REDIS_BROKER, WORKLOADS};
+
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
     /// Report files (--json of runs) or directories holding them.
@@ -15,6 +17,10 @@ pub struct CompareArgs {
     /// Broker the others are divided by in the ratio columns.
     #[arg(long, default_value = "nchan")]
     baseline: String,
+    /// Also a ratio column A/B for each `A/B` given (e.g. herald-redis/herald), when
+    /// both brokers ran; repeat for several.
+    #[arg(long = "ratio", value_name = "A/B")]
+    ratios: Vec<String>,
     /// Also write the tables as Markdown to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -26,170 +32,6 @@ pub struct CompareArgs {
     #[arg(long)]
     note: Vec<String>,
 }
-
-/// The workloads of bench/run.sh, in the order they are shown.
-const WORKLOADS: &[&str] = &[
-    "idle",
-    "fanout-2",
-    "fanout-50",
-    "publish",
-    "publish-batch",
-    "storm",
-    "channels-10k",
-];
-
-/// One row of the summary: a figure of one workload.
-struct Figure {
-    title: &'static str,
-    label: &'static str,
-    /// JSON pointer into a report.
-    pointer: &'static str,
-    digits: usize,
-    goal: &'static str,
-}
-
-const FIGURES: &[Figure] = &[
-    Figure {
-        title: "memory per idle stream (RSS growth / streams), KiB",
-        label: "idle",
-        pointer: "/target/rss_per_subscriber_kib",
-        digits: 2,
-        goal: "<= 4",
-    },
-    Figure {
-        title: "CPU per delivery at 2 events/s, us",
-        label: "fanout-2",
-        pointer: "/target/cpu_us_per_delivery",
-        digits: 2,
-        goal: "<= 8",
-    },
-    Figure {
-        title: "of that CPU, share in the kernel (system time), %",
-        label: "fanout-2",
-        pointer: "/target/sys_percent_of_cpu",
-        digits: 0,
-        goal: "",
-    },
-    Figure {
-        title: "latency p50 at 2 events/s, ms",
-        label: "fanout-2",
-        pointer: "/latency_ms/p50",
-        digits: 2,
-        goal: "",
-    },
-    Figure {
-        title: "latency p99 at 2 events/s, ms",
-        label: "fanout-2",
-        pointer: "/latency_ms/p99",
-        digits: 2,
-        goal: "<= 0.2x Nchan",
-    },
-    Figure {
-        title: "CPU per delivery at 50 events/s, us",
-        label: "fanout-50",
-        pointer: "/target/cpu_us_per_delivery",
-        digits: 2,
-        goal: "<= 1",
-    },
-    Figure {
-        title: "events published/s when asked for 50/s",
-        label: "fanout-50",
-        pointer: "/publish_per_sec",
-        digits: 1,
-        goal: "50",
-    },
-    Figure {
-        title: "deliveries owed (published x streams) /s at 50 events/s",
-        label: "fanout-50",
-        pointer: "/expected_per_sec",
-        digits: 0,
-        goal: "",
-    },
-    Figure {
-        title: "delivered events/s at 50 events/s",
-        label: "fanout-50",
-        pointer: "/delivered_per_sec",
-        digits: 0,
-        goal: "all of them",
-    },
-    Figure {
-        title: "latency p99 at 50 events/s, ms",
-        label: "fanout-50",
-        pointer: "/latency_ms/p99",
-        digits: 2,
-        goal: "",
-    },
-    Figure {
-        title: "CPU per delivery at 50 events/s, sse.coalesce_window = 250ms, us",
-        label: "fanout-50-coalesced",
-        pointer: "/target/cpu_us_per_delivery",
-        digits: 2,
-        goal: "<= 1",
-    },
-    Figure {
-        title: "latency p99 at 50 events/s, sse.coalesce_window = 250ms, ms",
-        label: "fanout-50-coalesced",
-        pointer: "/latency_ms/p99",
-        digits: 2,
-        goal: "",
-    },
-    Figure {
-        title: "publishes/s, 8 keep-alive connections",
-        label: "publish",
-        pointer: "/publish_per_sec",
-        digits: 0,
-        goal: ">= 1.5x Nchan",
-    },
-    Figure {
-        title: "CPU per publish, us",
-        label: "publish",
-        pointer: "/target/cpu_us_per_published",
-        digits: 2,
-        goal: "",
-    },
-    Figure {
-        title: "of that CPU, share in the kernel (system time), %",
-        label: "publish",
-        pointer: "/target/sys_percent_of_cpu",
-        digits: 0,
-        goal: "",
-    },
-    Figure {
-        title: "batched publish, events/s",
-        label: "publish-batch",
-        pointer: "/publish_per_sec",
-        digits: 0,
-        goal: ">= 1M",
-    },
-    Figure {
-        title: "connect storm: failed streams",
-        label: "storm",
-        pointer: "/failed",
-        digits: 0,
-        goal: "0",
-    },
-    Figure {
-        title: "connect storm: connect p99, ms",
-        label: "storm",
-        pointer: "/connect_ms/p99",
-        digits: 1,
-        goal: "",
-    },
-    Figure {
-        title: "10k channels x 1 stream: CPU per delivery, us",
-        label: "channels-10k",
-        pointer: "/target/cpu_us_per_delivery",
-        digits: 2,
-        goal: "",
-    },
-    Figure {
-        title: "10k channels x 1 stream: latency p99, ms",
-        label: "channels-10k",
-        pointer: "/latency_ms/p99",
-        digits: 2,
-        goal: "",
-    },
-];
 
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
@@ -218,12 +60,26 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     // The baseline first, so ratios read "other / baseline".
     brokers.sort_by_key(|b| *b != args.baseline);
     let has_baseline = brokers.first() == Some(&args.baseline);
+    let wanted = args
+        .ratios
+        .iter()
+        .map(|r| {
+            r.split_once('/')
+                .ok_or_else(|| anyhow::anyhow!("--ratio {r:?}: expected A/B (two broker names)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pairs = ratio_columns(&mut brokers, has_baseline, &wanted);
+    let with_redis = brokers.iter().any(|b| b == REDIS_BROKER);
     // A figure of repeated runs (BENCH_REPEAT) is their median.
-    let figure = |label: &str, broker: &str, pointer: &str| {
+    // With `plus`, each run's figure is the sum of both pointers (the second where present).
+    let figure = |label: &str, broker: &str, pointer: &str, plus: Option<&str>| {
         let values: Vec<f64> = reports
             .iter()
             .filter(|r| text(r, "/label") == label && text(r, "/broker") == broker)
-            .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64))
+            .filter_map(|r| {
+                let extra = plus.and_then(|p| r.pointer(p)).and_then(Value::as_f64);
+                Some(r.pointer(pointer).and_then(Value::as_f64)? + extra.unwrap_or(0.0))
+            })
             .collect();
         median(values)
     };
@@ -244,12 +100,12 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     for b in &brokers {
         let _ = write!(md, " {b} |");
     }
-    let others: &[String] = if has_baseline { &brokers[1..] } else { &[] };
-    for b in others {
-        let _ = write!(md, " {b}/{} |", args.baseline);
+    let ratio_name = |&(a, b): &(usize, usize)| format!("{}/{}", brokers[a], brokers[b]);
+    for pair in &pairs {
+        let _ = write!(md, " {} |", ratio_name(pair));
     }
     let _ = writeln!(md, " goal |");
-    let columns = 2 + brokers.len() + others.len();
+    let columns = 2 + brokers.len() + pairs.len();
     let _ = writeln!(md, "|{}", "---|".repeat(columns));
     let mut summary = Vec::new();
     let mut row =
@@ -262,13 +118,13 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
                 let _ = write!(md, " {} |", fmt(*v, digits));
             }
             let mut ratios = BTreeMap::new();
-            for (i, b) in others.iter().enumerate() {
-                let ratio = match (values[0], values[i + 1]) {
+            for pair @ &(a, b) in &pairs {
+                let ratio = match (values[b], values[a]) {
                     (Some(base), Some(v)) if base != 0.0 => Some(v / base),
                     _ => None,
                 };
                 let _ = write!(md, " {} |", fmt(ratio, 2));
-                ratios.insert(b.clone(), ratio);
+                ratios.insert(ratio_name(pair), ratio);
             }
             let _ = writeln!(md, " {goal} |");
             let by_broker: BTreeMap<_, _> = brokers.iter().cloned().zip(values).collect();
@@ -279,9 +135,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     for f in FIGURES {
         let values = brokers
             .iter()
-            .map(|b| figure(f.label, b, f.pointer))
+            .map(|b| figure(f.label, b, f.pointer, f.plus))
             .collect();
-        row(f.title, values, f.digits, f.goal, &mut md);
+        let goal = match (with_redis, f.goal, f.redis_goal) {
+            (true, "", redis) if !redis.is_empty() => format!("{REDIS_BROKER}: {redis}"),
+            (true, goal, redis) if !redis.is_empty() => format!("{goal}; {REDIS_BROKER}: {redis}"),
+            (_, goal, _) => goal.to_string(),
+        };
+        row(f.title, values, f.digits, &goal, &mut md);
     }
     for (title, field) in [
         ("events lost, all runs", "/missing"),
@@ -291,9 +152,11 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             .iter()
             .map(|b| {
                 let runs = reports.iter().filter(|r| text(r, "/broker") == *b);
+                // An empty f64 sum is -0.
                 Some(
                     runs.filter_map(|r| r.pointer(field).and_then(Value::as_f64))
-                        .sum(),
+                        .sum::<f64>()
+                        + 0.0,
                 )
             })
             .collect();
@@ -309,14 +172,14 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let _ = writeln!(md, "\nEvery run:\n");
     let _ = writeln!(
         md,
-        "| workload | broker | streams ok / failed | published | delivered / expected | delivered/s | p50 / p99 ms | lost / dup | RSS/stream KiB | CPU us/delivery | load CPU % |"
+        "| workload | broker | streams ok / failed | published | delivered / expected | delivered/s | p50 / p99 ms | lost / dup | RSS/stream KiB | CPU us/delivery | backend CPU us/delivery | load CPU % |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(11));
+    let _ = writeln!(md, "|{}", "---|".repeat(12));
     for r in &reports {
         let n = |p: &str| r.pointer(p).and_then(Value::as_f64);
         let _ = writeln!(
             md,
-            "| {} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} | {} |",
             text(r, "/label"),
             text(r, "/broker"),
             fmt(n("/connected"), 0),
@@ -331,6 +194,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             fmt(n("/duplicates"), 0),
             fmt(n("/target/rss_per_subscriber_kib"), 2),
             fmt(n("/target/cpu_us_per_delivery"), 2),
+            fmt(n("/backend/cpu_us_per_delivery"), 3),
             fmt(n("/load_cpu_percent"), 0),
         );
     }
@@ -360,6 +224,39 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// The ratio columns as (numerator, denominator) indices into `brokers`: every broker
+/// over the baseline (the first, when `has_baseline`), then each wanted `(A, B)` whose
+/// brokers both ran. A wanted A moves to right after its B, so the two sit side by side.
+fn ratio_columns(
+    brokers: &mut Vec<String>,
+    has_baseline: bool,
+    wanted: &[(&str, &str)],
+) -> Vec<(usize, usize)> {
+    let index = |brokers: &[String], name: &str| brokers.iter().position(|x| x == name);
+    for &(a, b) in wanted {
+        if let (Some(ia), Some(ib)) = (index(brokers, a), index(brokers, b)) {
+            // The baseline keeps the first column.
+            if ia < ib && !(has_baseline && ia == 0) {
+                let moved = brokers.remove(ia);
+                brokers.insert(ib, moved);
+            }
+        }
+    }
+    let mut pairs: Vec<(usize, usize)> = if has_baseline {
+        (1..brokers.len()).map(|i| (i, 0)).collect()
+    } else {
+        Vec::new()
+    };
+    for &(a, b) in wanted {
+        if let (Some(a), Some(b)) = (index(brokers, a), index(brokers, b)) {
+            if a != b && !pairs.contains(&(a, b)) {
+                pairs.push((a, b));
+            }
+        }
+    }
+    pairs
 }
 
 fn collect(path: &Path, out: &mut Vec<Value>) -> anyhow::Result<()> {
@@ -405,7 +302,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 fn fmt(v: Option<f64>, digits: usize) -> String {
     match v {
         None => "-".into(),
-        Some(v) if digits == 0 && v.abs() >= 10_000.0 => group(v.round() as i64),
+        Some(v) if digits == 0 && v.round().abs() >= 10_000.0 => group(v.round() as i64),
         Some(v) => format!("{v:.digits$}"),
     }
 }
@@ -452,9 +349,51 @@ mod tests {
     fn numbers_read_well() {
         assert_eq!(fmt(Some(1234567.4), 0), "1,234,567");
         assert_eq!(fmt(Some(999.0), 0), "999");
+        assert_eq!(fmt(Some(9999.6), 0), "10,000");
         assert_eq!(fmt(Some(1.234), 2), "1.23");
         assert_eq!(fmt(None, 2), "-");
         assert_eq!(group(-12345), "-12,345");
+    }
+
+    #[test]
+    fn redis_beside_memory_with_ratios_and_its_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = |broker: &str, herald: f64, redis: Option<f64>| {
+            let mut r = json!({"label": "fanout-2", "broker": broker,
+                "target": {"cpu_us_per_delivery": herald}});
+            if let Some(redis) = redis {
+                r["backend"] = json!({"cpu_us_per_delivery": redis});
+            }
+            std::fs::write(dir.path().join(format!("{broker}.json")), r.to_string()).unwrap();
+        };
+        report("herald", 2.0, None);
+        report("herald-redis", 2.2, Some(0.3));
+        let md = dir.path().join("out.md");
+        let args = CompareArgs {
+            inputs: vec![dir.path().to_path_buf()],
+            baseline: "nchan".into(),
+            ratios: vec!["herald-redis/herald".into(), "nchan/herald".into()],
+            markdown: Some(md.clone()),
+            json: None,
+            note: vec![],
+        };
+        run(&args).unwrap();
+        let md = std::fs::read_to_string(md).unwrap();
+        assert!(
+            md.contains("| herald | herald-redis | herald-redis/herald | goal |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| CPU per delivery at 2 events/s, us | 2.00 | 2.20 | 1.10 | <= 8; herald-redis: <= 1.2x herald |"),
+            "{md}"
+        );
+        // Memory has no Redis: the whole deployment is herald alone.
+        assert!(
+            md.contains(
+                "| herald + Redis CPU per delivery at 2 events/s, us | 2.00 | 2.50 | 1.25 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

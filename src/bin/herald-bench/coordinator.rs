@@ -99,9 +99,14 @@ fn spawn_workers(
     Ok(workers)
 }
 
-/// The broker's sample, or the error that stopped it.
-fn sample_target(pids: &[u32]) -> Result<Sample, String> {
-    procfs::sample(pids).map_err(|e| e.to_string())
+/// A sample of `pids` (or the error that stopped it); none when no pid is watched.
+type Watched = Option<Result<Sample, String>>;
+
+/// The broker's (`--target-pid`) and its backend's (`--backend-pid`) samples, taken
+/// together so that both cover the same moments.
+fn sample_watched(args: &RunArgs) -> [Watched; 2] {
+    [&args.target_pids, &args.backend_pids]
+        .map(|pids| (!pids.is_empty()).then(|| procfs::sample(pids).map_err(|e| e.to_string())))
 }
 
 /// CPU time of this process and its workers.
@@ -121,13 +126,8 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         .min(fd_limit.saturating_sub(FD_RESERVE))
         .max(1) as usize;
     let worker_count = args.subscribers.div_ceil(per_worker);
-    let pids = &args.target_pids;
-    let watch = !pids.is_empty();
-    let before = if watch {
-        Some(sample_target(pids))
-    } else {
-        None
-    };
+    let before = sample_watched(args);
+    let started = Instant::now();
 
     let (tx, mut rx) = mpsc::channel::<Msg>(1024);
     let mut workers = spawn_workers(args, worker_count, &tx)?;
@@ -150,24 +150,17 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     if !agg.all(&agg.ready) {
         eprintln!("herald-bench: not every worker finished opening its streams in time");
     }
+    let open_s = started.elapsed().as_secs_f64();
     agg.phase = "settle";
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle);
     pump(&mut agg, &mut rx, &totals, deadline, |_| false).await;
-    let connected_sample = if watch {
-        Some(sample_target(pids))
-    } else {
-        None
-    };
+    let connected_sample = sample_watched(args);
 
     // Publish (or hold the streams).
     agg.phase = if args.publishes() { "publish" } else { "hold" };
     let window_start = Instant::now();
     let tool_start = tool_cpu_us(&workers);
-    let target_start = if watch {
-        Some(sample_target(pids))
-    } else {
-        None
-    };
+    let target_start = sample_watched(args);
     let unique_at_start = agg.totals().unique;
     let window_end = window_start + Duration::from_secs_f64(args.duration);
     if args.publishes() {
@@ -235,11 +228,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     }
     let window = Instant::now().duration_since(window_start).as_secs_f64();
     let tool_end = tool_cpu_us(&workers);
-    let target_end = if watch {
-        Some(sample_target(pids))
-    } else {
-        None
-    };
+    let target_end = sample_watched(args);
 
     // Stop the workers and collect their last frames.
     agg.phase = "stop";
@@ -270,18 +259,20 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     } else {
         args.duration
     };
-    let target = before.map(|before| {
-        build_target(
-            pids,
-            before,
-            connected_sample,
-            target_start,
-            target_end,
-            t.connected,
-            delivered,
-            totals.events.get(),
-            window,
-        )
+    let [target, backend] = [(0, &args.target_pids), (1, &args.backend_pids)].map(|(i, pids)| {
+        before[i].clone().map(|before| {
+            build_target(
+                pids,
+                before,
+                connected_sample[i].clone(),
+                target_start[i].clone(),
+                target_end[i].clone(),
+                t.connected,
+                delivered,
+                totals.events.get(),
+                window,
+            )
+        })
     });
     let publish_failures = totals.failures.borrow().clone();
     Ok(Report {
@@ -306,6 +297,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         dropped: t.dropped,
         failures: agg.failures.clone(),
         connect_ms: Percentiles::of(&agg.connect),
+        open_s,
         published: totals.events.get(),
         publish_requests: totals.requests.get(),
         publish_errors: totals.errors.get(),
@@ -322,6 +314,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         delivery_window_s: delivery_window,
         latency_ms: Percentiles::of(&agg.latency),
         target,
+        backend,
         load_cpu_percent: tool_end.saturating_sub(tool_start) as f64 / 1e6 / window * 100.0,
         workers: worker_count,
     })
@@ -331,9 +324,9 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
 fn build_target(
     pids: &[u32],
     before: Result<Sample, String>,
-    connected: Option<Result<Sample, String>>,
-    start: Option<Result<Sample, String>>,
-    end: Option<Result<Sample, String>>,
+    connected: Watched,
+    start: Watched,
+    end: Watched,
     streams: u64,
     delivered: u64,
     published: u64,

@@ -16,6 +16,7 @@
 //! - [`procfs`] — RSS and CPU time of a process
 //! - [`report`] — the final table and JSON
 //! - [`compare`] — side-by-side tables of several runs (what `make bench` prints)
+//! - [`figures`] — the workloads and figures of that summary
 //! - [`baseline`] — the naive hyper + broadcast SSE broker, for reference
 //! - [`floor`] — one `write()` per subscriber in a loop: the least any broker can do here
 
@@ -23,6 +24,7 @@ mod aggregate;
 mod baseline;
 mod compare;
 mod coordinator;
+mod figures;
 mod floor;
 mod procfs;
 mod publisher;
@@ -58,6 +60,8 @@ Only loopback targets (127.0.0.0/8) are accepted.
 Examples:
   herald-bench --subscribers 10000 --rate 2 --duration 15 --target-pid $(pidof herald)
   herald-bench --subscribers 0 --flood --batch 100 --duration 5
+  herald-bench --subscribers 10000 --rate 2 --target-pid $(pidof herald) \\
+      --backend-pid $(pidof redis-server)
   herald-bench --subscribe-url 'http://127.0.0.1:8081/sub?id={channel}' \\
       --publish-url 'http://127.0.0.1:8081/pub?id={channel}' --publish-format raw \\
       --subscribers 10000 --rate 50
@@ -155,6 +159,10 @@ pub struct RunArgs {
     /// processes (e.g. nginx master and worker), whose figures are summed.
     #[arg(long = "target-pid")]
     pub target_pids: Vec<u32>,
+    /// A process the broker depends on (the Redis behind herald), sampled like
+    /// --target-pid but reported apart, as `backend`; repeat for several (summed).
+    #[arg(long = "backend-pid")]
+    pub backend_pids: Vec<u32>,
     /// Most streams per worker process (each needs a file descriptor).
     #[arg(long, default_value_t = 15_000)]
     pub per_worker: usize,

@@ -22,6 +22,9 @@ pub struct Report {
     pub failures: BTreeMap<String, u64>,
     /// Time from starting a connection to its 2xx head.
     pub connect_ms: Percentiles,
+    /// From starting the workers to every stream open (or failed), seconds; at least
+    /// streams / --connect-rate.
+    pub open_s: f64,
     /// Events published (in requests answered 2xx).
     pub published: u64,
     pub publish_requests: u64,
@@ -48,6 +51,8 @@ pub struct Report {
     /// Publish-to-receive latency of first deliveries.
     pub latency_ms: Percentiles,
     pub target: Option<Target>,
+    /// The processes of --backend-pid (Redis behind herald), measured like `target`.
+    pub backend: Option<Target>,
     /// CPU used by this tool (coordinator and workers) while publishing, % of one core.
     pub load_cpu_percent: f64,
     pub workers: usize,
@@ -70,7 +75,7 @@ pub struct Settings {
     pub connect_rate: f64,
 }
 
-/// The broker's processes, from /proc.
+/// The broker's (or its backend's) processes, from /proc.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Target {
     pub pids: Vec<u32>,
@@ -110,7 +115,7 @@ fn map(m: &BTreeMap<String, u64>) -> String {
 
 /// The table printed at the end of a run.
 pub fn table(r: &Report) -> String {
-    let mut rows: Vec<(&str, String)> = vec![
+    let rows: Vec<(&str, String)> = vec![
         ("run", format!("{} / {}", r.label, r.broker)),
         (
             "streams connected / failed",
@@ -120,8 +125,8 @@ pub fn table(r: &Report) -> String {
         (
             "connect time p50 / p99 / max",
             format!(
-                "{:.1} / {:.1} / {:.1} ms",
-                r.connect_ms.p50, r.connect_ms.p99, r.connect_ms.max
+                "{:.1} / {:.1} / {:.1} ms (all open after {:.2} s)",
+                r.connect_ms.p50, r.connect_ms.p99, r.connect_ms.max, r.open_s
             ),
         ),
         (
@@ -158,43 +163,14 @@ pub fn table(r: &Report) -> String {
             format!("{} / {}", r.missing, r.duplicates),
         ),
     ];
-    if let Some(t) = &r.target {
-        rows.push((
-            "target RSS before / connected / end",
-            format!(
-                "{} / {} / {} KiB",
-                t.rss_before_kib, t.rss_connected_kib, t.rss_end_kib
-            ),
-        ));
-        rows.push((
-            "target RSS growth / per stream",
-            format!(
-                "{} KiB / {} KiB",
-                t.rss_growth_kib,
-                opt(t.rss_per_subscriber_kib, 2)
-            ),
-        ));
-        rows.push((
-            "target CPU while publishing",
-            format!(
-                "{:.2} s ({:.0}% of a core; {:.0}% of it in the kernel)",
-                t.cpu_s, t.cpu_percent, t.sys_percent_of_cpu
-            ),
-        ));
-        rows.push((
-            "target CPU per delivery / per publish",
-            format!(
-                "{} / {} us",
-                opt(t.cpu_us_per_delivery, 2),
-                opt(t.cpu_us_per_published, 2)
-            ),
-        ));
-        if let Some(e) = &t.error {
-            rows.push(("target error", e.clone()));
+    let mut rows: Vec<(String, String)> = rows.into_iter().map(|(k, v)| (k.into(), v)).collect();
+    for (who, t) in [("target", &r.target), ("backend", &r.backend)] {
+        if let Some(t) = t {
+            target_rows(who, t, &mut rows);
         }
     }
     rows.push((
-        "load tool CPU",
+        "load tool CPU".into(),
         format!(
             "{:.0}% of a core, {} worker(s)",
             r.load_cpu_percent, r.workers
@@ -202,7 +178,7 @@ pub fn table(r: &Report) -> String {
     ));
     if r.load_cpu_percent > SATURATED_PERCENT {
         rows.push((
-            "warning",
+            "warning".into(),
             "the load tool was near a full core: figures may be the tool's limit".into(),
         ));
     }
@@ -212,4 +188,41 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "  {k:<width$}  {v}");
     }
     out
+}
+
+/// The rows of one watched set of processes (`who`: target or backend).
+fn target_rows(who: &str, t: &Target, rows: &mut Vec<(String, String)>) {
+    rows.push((
+        format!("{who} RSS before / connected / end"),
+        format!(
+            "{} / {} / {} KiB",
+            t.rss_before_kib, t.rss_connected_kib, t.rss_end_kib
+        ),
+    ));
+    rows.push((
+        format!("{who} RSS growth / per stream"),
+        format!(
+            "{} KiB / {} KiB",
+            t.rss_growth_kib,
+            opt(t.rss_per_subscriber_kib, 2)
+        ),
+    ));
+    rows.push((
+        format!("{who} CPU while publishing"),
+        format!(
+            "{:.2} s ({:.0}% of a core; {:.0}% of it in the kernel)",
+            t.cpu_s, t.cpu_percent, t.sys_percent_of_cpu
+        ),
+    ));
+    rows.push((
+        format!("{who} CPU per delivery / per publish"),
+        format!(
+            "{} / {} us",
+            opt(t.cpu_us_per_delivery, 2),
+            opt(t.cpu_us_per_published, 2)
+        ),
+    ));
+    if let Some(e) = &t.error {
+        rows.push((format!("{who} error"), e.clone()));
+    }
 }
