@@ -238,7 +238,8 @@ impl RedisBackend {
         call.key(&keys.seq)
             .key(&keys.epoch)
             .key(&keys.last)
-            .key(&keys.active);
+            .key(&keys.active)
+            .key(&keys.removed_floor);
         for (channel, _) in events {
             call.key(keys.stream(channel));
         }

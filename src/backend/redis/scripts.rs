@@ -74,7 +74,7 @@ if not epoch then
 end
 "#;
 
-/// KEYS: seq, epoch, last, active, then one stream per event.
+/// KEYS: seq, epoch, last, active, removed_floor, then one stream per event.
 /// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, then per event its
 /// channel and its encoding without the `id:` line.
 /// Returns {epoch, id, id, ...}.
@@ -86,14 +86,16 @@ local out = {epoch}
 local message = {}
 local newest = {}
 local keys = {}
-for i = 1, #KEYS - 4 do
-  local key = KEYS[4 + i]
+for i = 1, #KEYS - 5 do
+  local key = KEYS[5 + i]
   local channel = ARGV[3 + 2 * i]
   local s = num(id)
   local encoded = 'id: ' .. s .. '\n' .. ARGV[4 + 2 * i]
   local prev = newest[channel]
   if prev == nil then
-    prev = redis.call('HGET', KEYS[3], channel) or '0'
+    -- A channel Redis does not know (new, or swept when idle) may have had events up to
+    -- the removed floor: its first event says so, and resumes from below get a reset.
+    prev = redis.call('HGET', KEYS[3], channel) or redis.call('GET', KEYS[5]) or '0'
     keys[channel] = key
   end
   redis.call('XADD', key, 'MAXLEN', '~', max_events, s .. '-0', 'm', encoded, 'p', prev)
@@ -133,14 +135,14 @@ for i = 1, #KEYS - 4 do
   if #entries > 0 then
     floor_id = tonumber(entries[#entries][2][4] or '0')
   else
-    floor_id = tonumber(redis.call('HGET', KEYS[3], channel) or '0')
+    floor_id = tonumber(redis.call('HGET', KEYS[3], channel) or removed)
   end
   local flat = {}
   for j = #entries, 1, -1 do
     flat[#flat + 1] = num(sid(entries[j][1]))
     flat[#flat + 1] = entries[j][2][2]
   end
-  out[#out + 1] = num(math.max(floor_id, removed))
+  out[#out + 1] = num(floor_id)
   out[#out + 1] = flat
 end
 return out
