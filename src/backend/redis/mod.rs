@@ -234,17 +234,11 @@ impl RedisBackend {
         events: &[&(String, Bytes)],
     ) -> Result<Vec<u64>, BackendError> {
         let keys = &self.keys;
-        let mut call = self.scripts.publish.prepare_invoke();
-        call.key(&keys.seq)
-            .key(&keys.epoch)
-            .key(&keys.last)
-            .key(&keys.active)
-            .key(&keys.removed_floor);
+        let mut call = self.invocation(&self.scripts.publish);
         for (channel, _) in events {
             call.key(keys.stream(channel));
         }
-        call.arg(self.hub.horizon())
-            .arg(self.settings.max_events)
+        call.arg(self.settings.max_events)
             .arg(self.settings.max_age_us)
             .arg(&keys.events);
         for (channel, body) in events {
@@ -257,6 +251,19 @@ impl RedisBackend {
             .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
         self.hub.rebase(*epoch);
         Ok(ids.to_vec())
+    }
+
+    /// A call of `script` with the five keys and the argument every script starts with.
+    fn invocation<'a>(&'a self, script: &'a ::redis::Script) -> ::redis::ScriptInvocation<'a> {
+        let keys = &self.keys;
+        let mut call = script.prepare_invoke();
+        call.key(&keys.seq)
+            .key(&keys.epoch)
+            .key(&keys.last)
+            .key(&keys.removed_floor)
+            .key(&keys.active)
+            .arg(self.hub.horizon());
+        call
     }
 
     /// Follow `names` (loading what is not followed yet), then subscribe.
@@ -323,16 +330,11 @@ impl RedisBackend {
         };
         for chunk in chunks {
             let keys = &self.keys;
-            let mut call = self.scripts.load.prepare_invoke();
-            call.key(&keys.seq)
-                .key(&keys.epoch)
-                .key(&keys.last)
-                .key(&keys.removed_floor);
+            let mut call = self.invocation(&self.scripts.load);
             for (name, _) in chunk {
                 call.key(keys.stream(name));
             }
-            call.arg(self.hub.horizon())
-                .arg(self.settings.max_events)
+            call.arg(self.settings.max_events)
                 .arg(self.settings.max_age_us);
             for (name, after) in chunk {
                 call.arg(name).arg(*after);
@@ -422,14 +424,8 @@ impl RedisBackend {
 
     async fn sweep_idle_streams(&self) -> Result<u64, BackendError> {
         let keys = &self.keys;
-        let mut call = self.scripts.sweep.prepare_invoke();
-        call.key(&keys.seq)
-            .key(&keys.epoch)
-            .key(&keys.last)
-            .key(&keys.removed_floor)
-            .key(&keys.active)
-            .arg(self.hub.horizon())
-            .arg(self.settings.max_age_us)
+        let mut call = self.invocation(&self.scripts.sweep);
+        call.arg(self.settings.max_age_us)
             .arg(keys.stream(""))
             .arg(SWEEP_LIMIT);
         let mut conn = self.commands.clone();

@@ -59,6 +59,9 @@ impl Keys {
     }
 }
 
+// Every script gets the same five first keys (seq, epoch, last, removed_floor, active;
+// `RedisBackend::invocation`) and the caller's newest ID as `ARGV[1]`.
+
 /// Shared by every script: the time, and the epoch of this data set (created on first use).
 const PRELUDE: &str = r#"
 local function num(s) return string.format('%.0f', s) end
@@ -74,7 +77,7 @@ if not epoch then
 end
 "#;
 
-/// KEYS: seq, epoch, last, active, removed_floor, then one stream per event.
+/// KEYS: the common ones, then one stream per event.
 /// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, then per event its
 /// channel and its encoding without the `id:` line.
 /// Returns {epoch, id, id, ...}.
@@ -95,7 +98,7 @@ for i = 1, #KEYS - 5 do
   if prev == nil then
     -- A channel Redis does not know (new, or swept when idle) may have had events up to
     -- the removed floor: its first event says so, and resumes from below get a reset.
-    prev = redis.call('HGET', KEYS[3], channel) or redis.call('GET', KEYS[5]) or '0'
+    prev = redis.call('HGET', KEYS[3], channel) or redis.call('GET', KEYS[4]) or '0'
     keys[channel] = key
   end
   redis.call('XADD', key, 'MAXLEN', '~', max_events, s .. '-0', 'm', encoded, 'p', prev)
@@ -107,14 +110,14 @@ end
 for channel, s in pairs(newest) do
   redis.call('HSET', KEYS[3], channel, s)
   redis.call('XTRIM', keys[channel], 'MINID', '~', min_id)
-  redis.call('ZADD', KEYS[4], s, channel)
+  redis.call('ZADD', KEYS[5], s, channel)
 end
 redis.call('PUBLISH', ARGV[4], table.concat(message))
 redis.call('SET', KEYS[1], num(id - 1))
 return out
 "#;
 
-/// KEYS: seq, epoch, last, removed_floor, then one stream per channel.
+/// KEYS: the common ones, then one stream per channel.
 /// ARGV: caller's newest ID, max_events, max_age_us, then per channel its name and the
 /// ID to load after (0: all that is retained).
 /// Returns {epoch, seq, then per channel: floor, {id, encoding, id, encoding, ...}}: the
@@ -125,8 +128,8 @@ local max_events = tonumber(ARGV[2])
 local min_id = now - tonumber(ARGV[3])
 local removed = tonumber(redis.call('GET', KEYS[4]) or '0')
 local out = {epoch, num(last)}
-for i = 1, #KEYS - 4 do
-  local key = KEYS[4 + i]
+for i = 1, #KEYS - 5 do
+  local key = KEYS[5 + i]
   local channel = ARGV[2 + 2 * i]
   local after = tonumber(ARGV[3 + 2 * i])
   local from = num(math.max(after + 1, min_id))
@@ -148,7 +151,7 @@ end
 return out
 "#;
 
-/// KEYS: seq, epoch, last, removed_floor, active.
+/// KEYS: the common ones.
 /// ARGV: caller's newest ID, max_age_us, stream key prefix, most streams to delete.
 /// Deletes streams whose newest event is older than max_age; returns how many.
 const SWEEP: &str = r#"
