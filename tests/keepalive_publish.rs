@@ -286,11 +286,7 @@ async fn oversized_and_missing_bodies_are_refused_and_the_connection_closed() {
     assert!(conn.closed().await);
 
     // Nothing was published by either.
-    let published = metric(
-        &server.admin_url("/metrics"),
-        "herald_events_published_total",
-    )
-    .await;
+    let published = events_published(server.admin).await;
     assert_eq!(published, 0.0);
     server.stop().await;
 }

@@ -239,11 +239,7 @@ async fn channel_limit_refuses_the_whole_batch() {
         .cloned()
         .unwrap();
     assert_eq!(a["retained_events"], 1, "{stats}");
-    let published = metric(
-        &server.admin_url("/metrics"),
-        "herald_events_published_total",
-    )
-    .await;
+    let published = events_published(server.admin).await;
     assert_eq!(published, 2.0);
     server.stop().await;
 }
@@ -303,11 +299,7 @@ async fn event_types_with_unicode_line_breaks_are_refused() {
             "{bad:?}: {answer}"
         );
     }
-    let published = metric(
-        &server.admin_url("/metrics"),
-        "herald_events_published_total",
-    )
-    .await;
+    let published = events_published(server.admin).await;
     assert_eq!(published, 0.0);
     server.stop().await;
 }

@@ -321,11 +321,7 @@ async fn publish_keys_are_required_when_configured() {
         let (status, answer) = send_json(req(Some(format!("Bearer {key}")))).await;
         assert_eq!(status, 200, "{url}: {answer}");
     }
-    let published = metric(
-        &server.admin_url("/metrics"),
-        "herald_events_published_total",
-    )
-    .await;
+    let published = events_published(server.admin).await;
     assert_eq!(published, 2.0);
     server.stop().await;
 }

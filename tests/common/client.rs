@@ -249,3 +249,13 @@ pub async fn metric(admin_metrics_url: &str, sample: &str) -> f64 {
     assert_eq!(status, 200);
     metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
 }
+
+/// `herald_events_published_total` of the node whose admin listener is `admin`, so a
+/// test can check that refused publishes published nothing.
+pub async fn events_published(admin: std::net::SocketAddr) -> f64 {
+    metric(
+        &format!("http://{admin}/metrics"),
+        "herald_events_published_total",
+    )
+    .await
+}
