@@ -13,6 +13,7 @@
 #   BENCH_SUBSCRIBERS=2000 bench/run.sh              smaller (quick look)
 #   BENCH_REPEAT=3 bench/run.sh                       each workload 3 times, brokers
 #                                                    interleaved; the table shows medians
+#   HERALD_BINARY=/tmp/herald-old bench/run.sh       another herald build (before/after)
 #
 # Brokers run pinned to core 0 (`taskset -c 0`, nginx with one worker), the load tool on
 # core 1, so the broker's CPU figures are one core's worth. herald-redis's redis-server
@@ -146,7 +147,7 @@ done
 
 log "building release binaries"
 cargo build --release --bins
-HERALD="$ROOT/target/release/herald"
+HERALD="${HERALD_BINARY:-$ROOT/target/release/herald}"
 BENCH="$ROOT/target/release/herald-bench"
 
 start_herald() {

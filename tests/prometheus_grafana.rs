@@ -165,6 +165,25 @@ fn dashboard_takes_its_datasource_from_the_variable() {
         "herald_publish_rejected_total",
         "herald_requests_rejected_total",
         "herald_channels",
+        "herald_connections_limit",
+        "herald_stream_duration_seconds",
+        "herald_delivery_latency_seconds",
+        "herald_publish_duration_seconds",
+        "herald_resume_replayed_events",
+        "herald_stream_bytes_total",
+        "herald_write_timeouts_total",
+        "herald_accept_errors_total",
+        "herald_channel_group_subscribers",
+        "herald_build_info",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "herald_backend_up",
+        "herald_redis_command_duration_seconds",
+        "herald_backend_errors_total",
+        "herald_backend_reconnects_total",
+        "herald_backend_caught_up_events_total",
     ] {
         assert!(exprs.contains(metric), "no panel shows {metric}");
     }
@@ -208,7 +227,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    async fn start(target: SocketAddr) -> Self {
+    async fn start(targets: &[SocketAddr]) -> Self {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let targets = targets.join(", ");
         require_tool(PROMETHEUS);
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("prometheus.yml");
@@ -218,7 +239,7 @@ impl Prometheus {
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: herald\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                 scrape_configs:\n  - job_name: herald\n    static_configs:\n      - targets: [{targets}]\n",
                 rules.display()
             ),
         )
@@ -309,48 +330,10 @@ fn client() -> reqwest::Client {
         .expect("http client")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
-    let herald = TestServer::start(herald_config("")).await;
-    let prometheus = Prometheus::start(herald.admin).await;
-
-    // Open streams straight to herald's public listener; each stays open until dropped.
-    const STREAMS: usize = 3;
-    let streaming = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut streams = Vec::new();
-    for i in 0..STREAMS {
-        let resp = streaming
-            .get(herald.url(&format!("/events?channel=metrics-{i}")))
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(resp.status(), 200);
-        let mut stream = EventStream::new(resp);
-        stream
-            .read_until(": herald\n\n", Duration::from_secs(2))
-            .await
-            .unwrap();
-        streams.push(stream);
-    }
-
-    let want = STREAMS as f64;
-    let seen = poll_until(Duration::from_secs(20), || async {
-        let v = prometheus
-            .scalar("herald_connections_open{job=\"herald\"}")
-            .await;
-        (v == Some(want)).then_some(())
-    })
-    .await;
-    assert!(
-        seen.is_some(),
-        "herald_connections_open never reached {STREAMS} in Prometheus: {}\n{}",
-        prometheus.query("herald_connections_open").await,
-        log_of(prometheus.dir.path())
-    );
-    assert_eq!(prometheus.scalar("up{job=\"herald\"}").await, Some(1.0));
-
-    // Every dashboard query parses and runs; the open-streams panel sees our streams.
+/// Every dashboard query against Prometheus: `(panel, expr, answer)`.
+async fn run_dashboard_queries(prometheus: &Prometheus) -> Vec<(String, String, Value)> {
     let (_, dash) = dashboard();
+    let mut answers = Vec::new();
     for (panel, query) in dashboard_queries(&dash) {
         let expr = as_promql(&query);
         let answer = prometheus.query(&expr).await;
@@ -358,7 +341,141 @@ async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
             answer["status"], "success",
             "panel {panel:?}: {expr}\n{answer}"
         );
+        answers.push((panel, expr, answer));
     }
+    answers
+}
+
+/// The sample values of an instant-query answer.
+fn values(answer: &Value) -> Vec<f64> {
+    answer["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+        .collect()
+}
+
+/// Panels whose queries return nothing (`finite`: nothing but NaN or infinities).
+fn panels_without_data(answers: &[(String, String, Value)], finite: bool) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|(_, _, answer)| {
+            let v = values(answer);
+            v.is_empty() || (finite && !v.iter().any(|x| x.is_finite()))
+        })
+        .map(|(panel, expr, _)| format!("{panel}: {expr}"))
+        .collect()
+}
+
+/// The `herald_*` and `process_*` metric names in alerts.yml's expressions (a histogram
+/// named by its series: `_bucket`, `_count`, `_sum`).
+fn metrics_named_by_alert_rules() -> std::collections::BTreeSet<String> {
+    let text = fs::read_to_string(repo_path("grafana/prometheus/alerts.yml")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for start in ["herald_", "process_"] {
+            let mut rest = line;
+            while let Some(at) = rest.find(start) {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+            }
+        }
+    }
+    assert!(
+        names.len() > 10,
+        "alerts.yml names too few metrics: {names:?}"
+    );
+    names
+}
+
+/// Both kinds of node, so the backend panels have a Redis to show: a memory herald and
+/// one on a real redis-server, scraped as two instances of job "herald".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
+    let groups = "[telemetry]\nmetrics_channel_groups = [\"metrics-*\"]\n";
+    let memory = TestServer::start(herald_config(groups)).await;
+    let redis = support::redis::RedisServer::start(Default::default());
+    let on_redis =
+        TestServer::start(herald_config(&format!("{groups}{}", redis.backend_toml()))).await;
+    let prometheus = Prometheus::start(&[memory.admin, on_redis.admin]).await;
+
+    // A fresh node: every panel has a series from the first scrapes on (labelled series
+    // start at 0), once each target has been scraped often enough for a rate().
+    let scraped = poll_until(Duration::from_secs(20), || async {
+        let v = prometheus
+            .query("count_over_time(herald_connections_total{job=\"herald\"}[4s]) >= 3")
+            .await;
+        (values(&v).len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        scraped.is_some(),
+        "both heralds never scraped three times: {}\n{}",
+        prometheus.query("herald_connections_total").await,
+        log_of(prometheus.dir.path())
+    );
+    let fresh = run_dashboard_queries(&prometheus).await;
+    let empty = panels_without_data(&fresh, false);
+    assert!(
+        empty.is_empty(),
+        "panels with no data on fresh nodes: {empty:#?}"
+    );
+    // So does every metric an alert rule names (a misspelt one would never fire).
+    for metric in metrics_named_by_alert_rules() {
+        let v = prometheus
+            .query(&format!(
+                "count(count by (instance) ({{__name__=\"{metric}\", job=\"herald\"}}))"
+            ))
+            .await;
+        assert_eq!(
+            values(&v),
+            [2.0],
+            "{metric}, named by alerts.yml, on both nodes"
+        );
+    }
+
+    // Open streams straight to the public listeners; each stays open until dropped.
+    let streaming = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut streams = Vec::new();
+    for (node, channel) in [
+        (&memory, "metrics-0"),
+        (&memory, "metrics-1"),
+        (&memory, "metrics-2"),
+        (&on_redis, "metrics-0"),
+    ] {
+        let resp = streaming
+            .get(node.url(&format!("/events?channel={channel}")))
+            .send()
+            .await
+            .expect("subscribe");
+        assert_eq!(resp.status(), 200);
+        let mut stream = EventStream::new(resp);
+        stream
+            .read_until(": herald\n\n", Duration::from_secs(5))
+            .await
+            .unwrap();
+        streams.push((channel, stream));
+    }
+    let want = streams.len() as f64;
+    let seen = poll_until(Duration::from_secs(20), || async {
+        let v = prometheus
+            .scalar("sum(herald_connections_open{job=\"herald\"})")
+            .await;
+        (v == Some(want)).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "herald_connections_open never summed to {want} in Prometheus: {}\n{}",
+        prometheus.query("herald_connections_open").await,
+        log_of(prometheus.dir.path())
+    );
+    let (_, dash) = dashboard();
     let open_streams = panels(&dash)
         .into_iter()
         .find(|p| p["title"] == "Open streams")
@@ -369,6 +486,34 @@ async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
         Some(want),
         "the dashboard's selectors match the scraped labels"
     );
+
+    // Live traffic on both nodes until the panels are checked: publishes (delivered to
+    // the streams above), refused publishes, and short streams that resume from an ID a
+    // few events back (replays, stream lifetimes).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(live_traffic(
+        [memory.url(""), on_redis.url("")],
+        stop.clone(),
+    ));
+    let finite = poll_until(Duration::from_secs(30), || async {
+        let answers = run_dashboard_queries(&prometheus).await;
+        panels_without_data(&answers, true).is_empty().then_some(())
+    })
+    .await;
+    if finite.is_none() {
+        let answers = run_dashboard_queries(&prometheus).await;
+        panic!(
+            "panels without a finite value under live traffic: {:#?}",
+            panels_without_data(&answers, true)
+        );
+    }
+    // The streams on the channel published to received it (the traffic is real).
+    for (_, stream) in streams.iter_mut().filter(|(c, _)| *c == "metrics-0") {
+        stream
+            .read_until("data: live", Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
 
     // Every alert rule was loaded and evaluates without error against real series. A
     // rule's health is that of its last evaluation, which may predate the scrape of our
@@ -421,6 +566,45 @@ async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
         prometheus.api("rules", &[]).await
     );
 
+    stop.cancel();
+    traffic.await.expect("traffic task");
     drop(streams);
-    herald.stop().await;
+    memory.stop().await;
+    on_redis.stop().await;
+}
+
+/// Until `stop`: on each node in turn, a publish to `metrics-0`, a refused publish, and
+/// every fifth round a stream resuming two events back that is read and dropped.
+async fn live_traffic(nodes: [String; 2], stop: tokio_util::sync::CancellationToken) {
+    let client = client();
+    let mut ids = [Vec::new(), Vec::new()];
+    let mut round = 0u64;
+    while !stop.is_cancelled() {
+        for (node, ids) in nodes.iter().zip(ids.iter_mut()) {
+            let publish = format!("{node}/publish");
+            let id = common::client::publish_data(&client, &publish, "metrics-0", "live").await;
+            ids.push(id);
+            let (status, _) =
+                common::client::post(&client, &publish, Some("application/json"), "{").await;
+            assert_eq!(status, 400, "a malformed publish is refused");
+            if round % 5 == 0 && ids.len() > 2 {
+                let from = ids[ids.len() - 3].to_string();
+                let resp = client
+                    .get(format!("{node}/events?channel=metrics-0"))
+                    .header("Last-Event-ID", from)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .expect("resume");
+                assert_eq!(resp.status(), 200);
+                let mut stream = EventStream::new(resp);
+                stream
+                    .read_until("data: live", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

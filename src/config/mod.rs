@@ -16,6 +16,8 @@ pub const DEFAULTS_TOML: &str = include_str!("../defaults.toml");
 /// Prefix of environment overrides: `HERALD_SSE__HEARTBEAT_INTERVAL=30s` sets
 /// `sse.heartbeat_interval` (`__` separates a section from its key).
 pub const ENV_PREFIX: &str = "HERALD";
+/// Most `telemetry.metrics_channel_groups` patterns: each is a series per metric.
+pub const MAX_CHANNEL_GROUPS: usize = 50;
 
 /// A configuration that cannot be used, with the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +245,10 @@ pub struct TelemetryConfig {
     /// Fraction of traces exported (0..=1): spans cost an export per request, so a
     /// busy broker keeps a sample.
     pub sample_ratio: f64,
+    /// Channel name patterns (`*`, `?`) whose subscribers and channels `/metrics` counts
+    /// per pattern (`herald_channel_group_*{group}`), the bounded per-channel view: one
+    /// series per pattern plus `other`, never one per channel.
+    pub metrics_channel_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,6 +302,7 @@ impl Config {
                 .with_list_parse_key("auth.private_channels")
                 .with_list_parse_key("server.trusted_proxies")
                 .with_list_parse_key("server.cors_allowed_origins")
+                .with_list_parse_key("telemetry.metrics_channel_groups")
                 .try_parsing(true)
                 .source(Some(env)),
         );
@@ -515,6 +522,27 @@ impl Config {
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             return Err(invalid("telemetry.sample_ratio", "must be between 0 and 1"));
         }
+        let groups = &self.telemetry.metrics_channel_groups;
+        if groups.len() > MAX_CHANNEL_GROUPS {
+            return Err(invalid(
+                "telemetry.metrics_channel_groups",
+                format!("at most {MAX_CHANNEL_GROUPS} patterns (each is a series)"),
+            ));
+        }
+        for (i, pattern) in groups.iter().enumerate() {
+            if pattern.trim().is_empty() || pattern == "other" {
+                return Err(invalid(
+                    "telemetry.metrics_channel_groups",
+                    format!("pattern {i} is empty or \"other\" (the group of the rest)"),
+                ));
+            }
+            if groups[..i].contains(pattern) {
+                return Err(invalid(
+                    "telemetry.metrics_channel_groups",
+                    format!("pattern {pattern:?} is listed twice"),
+                ));
+            }
+        }
         if self.shutdown.drain_timeout.is_zero() {
             return Err(invalid("shutdown.drain_timeout", "must be greater than 0"));
         }
@@ -678,6 +706,14 @@ mod tests {
             (
                 "[sse]\nheartbeat_interval = \"soon\"\n",
                 "sse.heartbeat_interval",
+            ),
+            (
+                "[telemetry]\nmetrics_channel_groups = [\"chat:*\", \"chat:*\"]\n",
+                "telemetry.metrics_channel_groups",
+            ),
+            (
+                "[telemetry]\nmetrics_channel_groups = [\"other\"]\n",
+                "telemetry.metrics_channel_groups",
             ),
             (
                 "[limits]\nmax_batch_events = 0\n",

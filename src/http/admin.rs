@@ -2,15 +2,26 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
+use wildmatch::WildMatch;
 
 use super::response::{self, Body};
 use super::AppState;
 
 pub fn metrics(state: &AppState) -> Response<Body> {
+    let metrics = state.hub.metrics();
+    let groups = &state.config.telemetry.metrics_channel_groups;
+    let patterns: Vec<WildMatch> = groups.iter().map(|g| WildMatch::new(g)).collect();
+    let counts = state.hub.count_by_group(&patterns);
+    let named = groups.iter().map(String::as_str).chain(["other"]);
+    let by_group: Vec<(&str, usize, usize)> = named
+        .zip(counts)
+        .map(|(group, (subscribers, channels))| (group, subscribers, channels))
+        .collect();
+    metrics.set_channel_groups(&by_group);
     response::full(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
-        Bytes::from(state.hub.metrics().render()),
+        Bytes::from(metrics.render()),
     )
 }
 

@@ -13,6 +13,7 @@ use super::response::{self, ApiError, Body};
 use super::AppState;
 use crate::auth::Listener;
 use crate::hub::NewEvent;
+use crate::metrics::PUBLISH_REFUSALS;
 use crate::publish::{self, Format, PublishError, PublishErrorKind};
 
 /// Why a body could not be read.
@@ -80,19 +81,22 @@ where
     F: FnOnce(usize) -> Fut,
     Fut: Future<Output = Result<Bytes, BodyError>>,
 {
-    match publish(state, headers, listener, read_body).await {
-        Ok(resp) => resp,
+    let started = std::time::Instant::now();
+    let metrics = state.hub.metrics();
+    let (resp, result) = match publish(state, headers, listener, read_body).await {
+        Ok(resp) => (resp, "accepted"),
         Err(e) => {
             tracing::Span::current().record("error", e.code);
-            state
-                .hub
-                .metrics()
-                .publish_rejected
-                .with_label_values(&[e.code])
-                .inc();
-            e.into_response()
+            debug_assert!(PUBLISH_REFUSALS.contains(&e.code), "unlisted {}", e.code);
+            metrics.publish_rejected.with_label_values(&[e.code]).inc();
+            (e.into_response(), "refused")
         }
-    }
+    };
+    metrics
+        .publish_duration
+        .with_label_values(&[result])
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn publish<F, Fut>(

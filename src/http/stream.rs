@@ -43,6 +43,8 @@ pub struct SseStream {
     /// When data was last written; the timer re-arms from it instead of being reset on
     /// every event, which keeps the hot path free of timer-wheel work.
     last_write: Instant,
+    /// When the stream opened, for its lifetime metric.
+    opened: Instant,
     /// When we will end the stream ourselves (lifetime or drain), and why.
     end_timer: Option<(Pin<Box<Sleep>>, &'static str)>,
     /// Why the stream ended, for the disconnect metric (`client` unless we ended it).
@@ -80,6 +82,7 @@ impl SseStream {
             idle_timer: Box::pin(tokio::time::sleep_until(now + settings.heartbeat_interval)),
             settings,
             last_write: now,
+            opened: now,
             end_timer,
             end_reason: "client",
             done: false,
@@ -121,6 +124,16 @@ impl SseStream {
     /// Append what is ready to go on the wire to `out` (shared buffers, never copies):
     /// `Ready(true)` when something was appended, `Ready(false)` once the stream is over.
     pub fn poll_chunks(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
+        let before = out.len();
+        let polled = self.next_chunks(cx, out);
+        let bytes: usize = out[before..].iter().map(Bytes::len).sum();
+        if bytes > 0 {
+            self.hub.metrics().stream_bytes.inc_by(bytes as u64);
+        }
+        polled
+    }
+
+    fn next_chunks(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
         if self.done {
             return Poll::Ready(false);
         }
@@ -130,8 +143,17 @@ impl SseStream {
         }
         match self.subscription.poll_events(cx, out) {
             SubscriptionPoll::Events(n) => {
-                self.hub.metrics().events_delivered.inc_by(n as u64);
-                self.last_write = Instant::now();
+                let metrics = self.hub.metrics();
+                metrics.events_delivered.inc_by(n as u64);
+                let now = std::time::Instant::now();
+                // Handed to the socket write in this same poll (the direct path writes
+                // right after gathering; hyper's within its poll of the body).
+                if let Some(at) = self.subscription.take_oldest_live_us() {
+                    metrics
+                        .delivery_latency
+                        .observe(self.hub.seconds_since(at, now));
+                }
+                self.last_write = Instant::from_std(now);
                 return Poll::Ready(true);
             }
             SubscriptionPoll::Lagged => {
@@ -206,9 +228,6 @@ impl Drop for SseStream {
     fn drop(&mut self) {
         let metrics = self.hub.metrics();
         metrics.connections_open.dec();
-        metrics
-            .disconnects
-            .with_label_values(&[self.end_reason])
-            .inc();
+        metrics.observe_stream_end(self.end_reason, self.opened.elapsed());
     }
 }

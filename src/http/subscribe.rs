@@ -9,6 +9,7 @@ use super::AppState;
 use crate::auth::{bearer, AuthError, Grants};
 use crate::hub::HubError;
 use crate::limits::Refusal;
+use crate::metrics::REQUEST_REFUSALS;
 use crate::validate;
 use std::net::IpAddr;
 
@@ -90,6 +91,7 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>, client: IpAddr) -> Re
         Err(e) => {
             tracing::Span::current().record("error", e.code);
             let metrics = state.hub.metrics();
+            debug_assert!(REQUEST_REFUSALS.contains(&e.code), "unlisted {}", e.code);
             metrics.requests_rejected.with_label_values(&[e.code]).inc();
             e.into_response()
         }

@@ -5,12 +5,14 @@ use http::{header, Request, Response, StatusCode};
 use super::response::{self, ApiError, Body};
 use super::AppState;
 use crate::auth::{bearer, AuthError};
+use crate::metrics::REQUEST_REFUSALS;
 
 pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     match issue(state, req) {
         Ok(resp) => resp,
         Err(e) => {
             let metrics = state.hub.metrics();
+            debug_assert!(REQUEST_REFUSALS.contains(&e.code), "unlisted {}", e.code);
             metrics.requests_rejected.with_label_values(&[e.code]).inc();
             e.into_response()
         }

@@ -11,8 +11,8 @@ use slab::Slab;
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
     pub id: u64,
-    /// Milliseconds since the hub's epoch, for `history.max_age`.
-    pub at_ms: u64,
+    /// Microseconds since the hub's epoch: for `history.max_age`, and the delivery latency.
+    pub at_us: u64,
     /// The complete SSE message, shared by every subscriber.
     pub bytes: Bytes,
     /// Bytes pushed to the channel before this event, so the bytes a subscriber has
@@ -149,8 +149,8 @@ impl ChannelState {
         }
     }
 
-    pub fn trim_older_than(&mut self, oldest_ms: u64) {
-        while self.ring.front().is_some_and(|e| e.at_ms < oldest_ms) {
+    pub fn trim_older_than(&mut self, oldest_us: u64) {
+        while self.ring.front().is_some_and(|e| e.at_us < oldest_us) {
             self.evict_front();
         }
         if self.ring.is_empty() && self.ring.capacity() > 0 {
@@ -159,8 +159,8 @@ impl ChannelState {
     }
 
     /// Where a resume after `id` starts, if every event after `id` is still retained:
-    /// within the newest `max_events` and not older than `oldest_ms`.
-    pub fn resume_pos(&self, id: u64, max_events: usize, oldest_ms: u64) -> Option<u64> {
+    /// within the newest `max_events` and not older than `oldest_us`.
+    pub fn resume_pos(&self, id: u64, max_events: usize, oldest_us: u64) -> Option<u64> {
         if self.evicted_id > id {
             return None;
         }
@@ -168,7 +168,7 @@ impl ChannelState {
         let retained_from = self.ring.len().saturating_sub(max_events);
         let first_needed = self.ring.get(index);
         let outside_window = index < retained_from;
-        let too_old = first_needed.is_some_and(|e| e.at_ms < oldest_ms);
+        let too_old = first_needed.is_some_and(|e| e.at_us < oldest_us);
         if first_needed.is_some() && (outside_window || too_old) {
             return None;
         }

@@ -266,11 +266,11 @@ impl Hub {
                 if g.last_id().is_some_and(|last| event.id <= last) {
                     continue;
                 }
-                let at_ms = self.at_ms_of(event.id);
+                let at_us = self.at_us_of(event.id);
                 g.push(
                     Stored {
                         id: event.id,
-                        at_ms,
+                        at_us,
                         bytes: event.bytes,
                         offset: 0,
                     },
@@ -324,11 +324,11 @@ impl Hub {
                 }
                 loading.buffered.push_back(Retained { id, bytes });
             } else if g.last_id().is_none_or(|last| id > last) {
-                let at_ms = self.at_ms_of(id);
+                let at_us = self.at_us_of(id);
                 g.push(
                     Stored {
                         id,
-                        at_ms,
+                        at_us,
                         bytes,
                         offset: 0,
                     },
@@ -368,11 +368,11 @@ impl Hub {
         self.seq.load(Ordering::Acquire)
     }
 
-    /// Milliseconds since the hub's epoch at which event `id` (microseconds since the
+    /// Microseconds since the hub's epoch at which event `id` (microseconds since the
     /// Unix epoch, as backends assign them) was published; never in the future.
-    fn at_ms_of(&self, id: u64) -> u64 {
-        let since_start = id.saturating_sub(self.start_unix_us) / 1000;
-        since_start.min(self.now_ms())
+    fn at_us_of(&self, id: u64) -> u64 {
+        let since_start = id.saturating_sub(self.start_unix_us);
+        since_start.min(self.now_us())
     }
 }
 

@@ -173,8 +173,14 @@ impl Hub {
         &self.metrics
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Seconds from `at_us` (µs since the hub's epoch, as events are stamped) to `now`.
+    pub fn seconds_since(&self, at_us: u64, now: Instant) -> f64 {
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        now_us.saturating_sub(at_us) as f64 / 1e6
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     fn lock_map(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Channel>>> {
@@ -225,7 +231,7 @@ impl Hub {
             if guards.iter().any(|g| g.removed) {
                 continue;
             }
-            let now = self.now_ms();
+            let now = self.now_us();
             let capacity = self.settings.ring_capacity();
             let mut published = Vec::with_capacity(batch.len());
             for ev in batch {
@@ -242,7 +248,7 @@ impl Hub {
                 guards[slot].push(
                     Stored {
                         id,
-                        at_ms: now,
+                        at_us: now,
                         bytes,
                         offset: 0,
                     },
@@ -335,11 +341,11 @@ impl Hub {
                     Some("unknown_id")
                 }
                 Some(id) => {
-                    let max_age = self.settings.history_max_age.as_millis() as u64;
-                    let oldest_ms = self.now_ms().saturating_sub(max_age);
+                    let max_age = self.settings.history_max_age.as_micros() as u64;
+                    let oldest_us = self.now_us().saturating_sub(max_age);
                     let mut gap = false;
                     for (g, pos) in guards.iter().zip(positions.iter_mut()) {
-                        match g.resume_pos(id, self.settings.history_max_events, oldest_ms) {
+                        match g.resume_pos(id, self.settings.history_max_events, oldest_us) {
                             Some(p) => *pos = p,
                             _ => gap = true,
                         }
@@ -353,11 +359,17 @@ impl Hub {
             }
         }
         drop(guards);
-        if let Some((reason, _)) = &reset {
-            self.metrics
+        match &reset {
+            Some((reason, _)) => self
+                .metrics
                 .resume_resets
                 .with_label_values(&[reason])
-                .inc();
+                .inc(),
+            None if resume_from.is_some() => {
+                let replayed: u64 = live_from.iter().zip(&positions).map(|(l, p)| l - p).sum();
+                self.metrics.resume_replayed.observe(replayed as f64);
+            }
+            None => {}
         }
         Ok(Subscription::new(
             self.clone(),
@@ -385,12 +397,12 @@ impl Hub {
 
     /// Drop aged events and remove channels that have neither subscribers nor history.
     pub fn sweep(&self) {
-        let max_age = self.settings.history_max_age.as_millis() as u64;
-        let oldest_ms = self.now_ms().saturating_sub(max_age);
+        let max_age = self.settings.history_max_age.as_micros() as u64;
+        let oldest_us = self.now_us().saturating_sub(max_age);
         let mut map = self.lock_map();
         map.retain(|_, ch| {
             let mut g = ch.lock();
-            g.trim_older_than(oldest_ms);
+            g.trim_older_than(oldest_us);
             // A mirror keeps a channel only while it is read (or being followed): its
             // history lives in the backend and is loaded again on the next subscribe.
             let keep =
@@ -423,6 +435,22 @@ impl Hub {
 
     pub fn channel_count(&self) -> usize {
         self.lock_map().len()
+    }
+
+    /// `(subscribers, channels)` per pattern, a channel counting in the first it
+    /// matches; the last entry is for channels matching none.
+    pub fn count_by_group(&self, patterns: &[wildmatch::WildMatch]) -> Vec<(usize, usize)> {
+        let mut counts = vec![(0, 0); patterns.len() + 1];
+        let channels: Vec<_> = self.lock_map().values().cloned().collect();
+        for ch in channels {
+            let group = patterns
+                .iter()
+                .position(|p| p.matches(&ch.name))
+                .unwrap_or(patterns.len());
+            counts[group].0 += ch.lock().subscribers;
+            counts[group].1 += 1;
+        }
+        counts
     }
 
     pub fn stats(&self) -> Vec<ChannelStats> {

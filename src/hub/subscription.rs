@@ -39,6 +39,10 @@ pub struct Subscription {
     cursors: Vec<Cursor>,
     /// A reset event to send before anything else.
     reset: Option<Bytes>,
+    /// When (µs since the hub's epoch) the oldest live event of the last poll reached
+    /// the hub; replayed history does not count. Read by the stream for the delivery
+    /// latency.
+    oldest_live_us: Option<u64>,
 }
 
 /// How far a subscriber may fall behind its channel before it is cut off.
@@ -86,7 +90,14 @@ impl Subscription {
             hub,
             cursors,
             reset,
+            oldest_live_us: None,
         }
+    }
+
+    /// When the oldest live event of the last poll that produced events reached the hub
+    /// (µs since its epoch), taken once.
+    pub fn take_oldest_live_us(&mut self) -> Option<u64> {
+        self.oldest_live_us.take()
     }
 
     /// True when the subscription opened with a reset (its resume ID was not served).
@@ -109,10 +120,11 @@ impl Subscription {
             events: self.hub.settings.subscriber_queue_events as u64,
             bytes: self.hub.settings.subscriber_queue_bytes as u64,
         };
+        let live = &mut self.oldest_live_us;
         let result = if self.cursors.len() == 1 {
-            poll_single(&mut self.cursors[0], cx, out, queue)
+            poll_single(&mut self.cursors[0], cx, out, queue, live)
         } else {
-            poll_merged(&self.hub, &mut self.cursors, cx, out, queue)
+            poll_merged(&self.hub, &mut self.cursors, cx, out, queue, live)
         };
         match result {
             Poll::Events(n) => Poll::Events(n + produced),
@@ -127,6 +139,7 @@ fn poll_single(
     cx: &mut Context<'_>,
     out: &mut Vec<Bytes>,
     queue: QueueLimit,
+    oldest_live_us: &mut Option<u64>,
 ) -> Poll {
     let mut g = c.channel.lock();
     if queue.exceeded_by(c, &g) {
@@ -134,9 +147,13 @@ fn poll_single(
     }
     let mut n = 0;
     let mut bytes = 0;
+    let mut first_live = None;
     while n < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
         match g.get(c.pos) {
             Some(e) => {
+                if first_live.is_none() && c.pos >= c.live_from {
+                    first_live = Some(e.at_us);
+                }
                 bytes += e.bytes.len();
                 out.push(e.bytes.clone());
                 c.pos += 1;
@@ -149,6 +166,7 @@ fn poll_single(
         g.park(&mut c.parked, cx.waker());
         return Poll::Pending;
     }
+    *oldest_live_us = first_live;
     Poll::Events(n)
 }
 
@@ -162,10 +180,12 @@ fn poll_merged(
     cx: &mut Context<'_>,
     out: &mut Vec<Bytes>,
     queue: QueueLimit,
+    oldest_live_us: &mut Option<u64>,
 ) -> Poll {
     loop {
         let horizon = hub.seq.load(Ordering::Acquire);
-        let mut batch: Vec<(u64, usize, Bytes)> = Vec::new();
+        // (id, cursor, bytes, reached the hub at: for live events only)
+        let mut batch: Vec<(u64, usize, Bytes, Option<u64>)> = Vec::new();
         let mut pending_beyond_horizon = false;
         // Mirror role: an event loaded with history can wait beyond the horizon until its
         // pub/sub message arrives; the subscriber parks on its channel meanwhile.
@@ -195,7 +215,8 @@ fn poll_merged(
                 }
                 bytes += e.bytes.len();
                 last_id = e.id;
-                batch.push((e.id, i, e.bytes.clone()));
+                let live = (pos >= c.live_from).then_some(e.at_us);
+                batch.push((e.id, i, e.bytes.clone(), live));
                 pos += 1;
             }
             if pos == g.end_pos() && pos == c.pos {
@@ -210,16 +231,21 @@ fn poll_merged(
             }
             return Poll::Pending;
         }
-        batch.sort_unstable_by_key(|(id, _, _)| *id);
+        batch.sort_unstable_by_key(|(id, ..)| *id);
         let mut n = 0;
-        for (id, i, bytes) in batch.into_iter().take(MAX_BATCH_EVENTS) {
+        let mut oldest = None;
+        for (id, i, bytes, live) in batch.into_iter().take(MAX_BATCH_EVENTS) {
             if id > cutoff {
                 break;
             }
             out.push(bytes);
             cursors[i].pos += 1;
             n += 1;
+            if let Some(at) = live {
+                oldest = Some(oldest.map_or(at, |o: u64| o.min(at)));
+            }
         }
+        *oldest_live_us = oldest;
         return Poll::Events(n);
     }
 }

@@ -347,3 +347,72 @@ async fn coalescing_defers_wakes_to_the_window_end() {
     stop.cancel();
     flusher.await.unwrap();
 }
+
+#[test]
+fn polls_report_when_their_oldest_live_event_reached_the_hub() {
+    let hub = hub(100, 100);
+    let waker = Waker::from(Arc::new(CountingWaker::default()));
+    let mut cx = Context::from_waker(&waker);
+    let first = hub.publish(&[ev("a", "old")]).unwrap()[0];
+    // A resume from before `first`: replayed history does not count as a delivery.
+    let mut resumed = hub
+        .subscribe(&names(&["a"]), Some(&(first - 1).to_string()))
+        .unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        resumed.poll_events(&mut cx, &mut out),
+        SubscriptionPoll::Events(1)
+    );
+    assert_eq!(
+        resumed.take_oldest_live_us(),
+        None,
+        "a replay is no delivery"
+    );
+    assert_eq!(hub.metrics().resume_replayed.get_sample_count(), 1);
+    assert_eq!(hub.metrics().resume_replayed.get_sample_sum(), 1.0);
+
+    let mut merged = hub.subscribe(&names(&["a", "b"]), None).unwrap();
+    let before = hub.now_us();
+    std::thread::sleep(Duration::from_millis(5));
+    hub.publish(&[ev("b", "live")]).unwrap();
+    hub.publish(&[ev("a", "later")]).unwrap();
+    for sub in [&mut resumed, &mut merged] {
+        let mut out = Vec::new();
+        assert!(matches!(
+            sub.poll_events(&mut cx, &mut out),
+            SubscriptionPoll::Events(_)
+        ));
+        let at = sub
+            .take_oldest_live_us()
+            .expect("live events were delivered");
+        assert!(
+            at >= before + 5_000,
+            "stamped when published: {at} vs {before}"
+        );
+        assert_eq!(sub.take_oldest_live_us(), None, "taken once");
+    }
+    let latency = hub.seconds_since(before, std::time::Instant::now());
+    assert!(latency >= 0.005, "{latency}");
+}
+
+#[test]
+fn channels_count_in_the_first_group_they_match() {
+    let hub = hub(10, 10);
+    hub.publish(&[
+        ev("chat:1", "x"),
+        ev("chat:2", "x"),
+        ev("news", "x"),
+        ev("misc", "x"),
+    ])
+    .unwrap();
+    let _s1 = hub.subscribe(&names(&["chat:1", "news"]), None).unwrap();
+    let _s2 = hub.subscribe(&names(&["chat:2"]), None).unwrap();
+    let patterns = [
+        wildmatch::WildMatch::new("chat:*"),
+        wildmatch::WildMatch::new("*"),
+    ];
+    // (subscribers, channels): chat:* has both chat channels; "*" takes the rest first,
+    // so nothing is left for the last group ("other").
+    assert_eq!(hub.count_by_group(&patterns), vec![(2, 2), (1, 2), (0, 0)]);
+    assert_eq!(hub.count_by_group(&patterns[..1]), vec![(2, 2), (1, 2)]);
+}

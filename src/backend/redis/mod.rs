@@ -102,6 +102,7 @@ impl RedisBackend {
         let node = format!("{:016x}", rand::random::<u64>());
         let (publish_queue, publish_requests) = tokio::sync::mpsc::channel(publisher::QUEUE);
         metrics.backend_up.set(0);
+        metrics.init_redis_series();
         Ok(Arc::new(Self {
             client,
             commands,
