@@ -448,18 +448,8 @@ async fn prometheus_scrapes_herald_and_evaluates_the_dashboard_and_alerts() {
         (&memory, "metrics-2"),
         (&on_redis, "metrics-0"),
     ] {
-        let resp = streaming
-            .get(node.url(&format!("/events?channel={channel}")))
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(resp.status(), 200);
-        let mut stream = EventStream::new(resp);
-        stream
-            .read_until(": herald\n\n", Duration::from_secs(5))
-            .await
-            .unwrap();
-        streams.push((channel, stream));
+        let request = streaming.get(node.url(&format!("/events?channel={channel}")));
+        streams.push((channel, open_stream(request, ": herald\n\n").await));
     }
     let want = streams.len() as f64;
     let seen = poll_until(Duration::from_secs(20), || async {
@@ -589,22 +579,25 @@ async fn live_traffic(nodes: [String; 2], stop: tokio_util::sync::CancellationTo
             assert_eq!(status, 400, "a malformed publish is refused");
             if round % 5 == 0 && ids.len() > 2 {
                 let from = ids[ids.len() - 3].to_string();
-                let resp = client
+                let request = client
                     .get(format!("{node}/events?channel=metrics-0"))
-                    .header("Last-Event-ID", from)
-                    .timeout(Duration::from_secs(5))
-                    .send()
-                    .await
-                    .expect("resume");
-                assert_eq!(resp.status(), 200);
-                let mut stream = EventStream::new(resp);
-                stream
-                    .read_until("data: live", Duration::from_secs(5))
-                    .await
-                    .unwrap();
+                    .header("Last-Event-ID", from);
+                open_stream(request, "data: live").await;
             }
         }
         round += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A stream opened with `request`, read until `needle` arrived.
+async fn open_stream(request: reqwest::RequestBuilder, needle: &str) -> EventStream {
+    let resp = request.send().await.expect("subscribe");
+    assert_eq!(resp.status(), 200);
+    let mut stream = EventStream::new(resp);
+    stream
+        .read_until(needle, Duration::from_secs(5))
+        .await
+        .unwrap();
+    stream
 }
