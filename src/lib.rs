@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`config`] — typed settings, file + environment layering, validation naming the key
+//! - [`settings`] — the validated snapshot in force and the objects built from it
+//! - [`reload`] — SIGHUP: a new snapshot swapped in whole, or the old one kept
 //! - [`sse`] — the spec-exact SSE encoder
 //! - [`validate`] — rules for channel names, event types and data
 //! - [`publish`] — publish bodies (JSON, batch, form) into validated events
@@ -29,7 +31,9 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod sse;
 pub mod telemetry;
 pub mod tickets;

@@ -49,7 +49,6 @@ struct IpState {
 }
 
 pub struct Admission {
-    limits: AdmissionLimits,
     open: AtomicUsize,
     /// Entries exist while an IP has streams or an unrefilled bucket; swept otherwise.
     per_ip: Mutex<HashMap<IpAddr, IpState>>,
@@ -59,40 +58,42 @@ pub struct Admission {
 pub struct StreamPermit {
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// No rate limit when admitted: nothing to remember once the IP's last stream ends.
+    forget_when_empty: bool,
 }
 
 impl Admission {
-    pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            limits,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
         })
-    }
-
-    pub fn limits(&self) -> &AdmissionLimits {
-        &self.limits
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, IpState>> {
         self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admit one more stream from `ip`, or say why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, Refusal> {
+    /// Admit one more stream from `ip` under `limits` (the current ones: a lowered cap
+    /// refuses new streams and leaves open ones be), or say why not.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &AdmissionLimits,
+    ) -> Result<StreamPermit, Refusal> {
         let mut map = self.lock();
-        if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
+        if self.open.load(Ordering::Relaxed) >= limits.max_connections {
             return Err(Refusal::NodeFull);
         }
         let now = Instant::now();
-        let rate = self.limits.new_streams_per_ip_per_second;
-        let burst = self.limits.new_streams_burst_per_ip;
+        let rate = limits.new_streams_per_ip_per_second;
+        let burst = limits.new_streams_burst_per_ip;
         let state = map.entry(ip).or_insert(IpState {
             streams: 0,
             tokens: burst,
             refilled: now,
         });
-        if state.streams >= self.limits.max_connections_per_ip {
+        if state.streams >= limits.max_connections_per_ip {
             return Err(Refusal::TooManyFromIp);
         }
         if rate > 0.0 {
@@ -112,6 +113,7 @@ impl Admission {
         Ok(StreamPermit {
             admission: self.clone(),
             ip,
+            forget_when_empty: rate <= 0.0,
         })
     }
 
@@ -125,11 +127,11 @@ impl Admission {
         self.lock().len()
     }
 
-    /// Forget IPs with no streams whose bucket has refilled.
-    pub fn sweep(&self) {
+    /// Forget IPs with no streams whose bucket has refilled under `limits`.
+    pub fn sweep(&self, limits: &AdmissionLimits) {
         let now = Instant::now();
-        let rate = self.limits.new_streams_per_ip_per_second;
-        let burst = self.limits.new_streams_burst_per_ip;
+        let rate = limits.new_streams_per_ip_per_second;
+        let burst = limits.new_streams_burst_per_ip;
         self.lock().retain(|_, s| {
             let refilled = rate <= 0.0
                 || s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate >= burst;
@@ -143,7 +145,7 @@ impl Drop for StreamPermit {
         let mut map = self.admission.lock();
         if let Some(state) = map.get_mut(&self.ip) {
             state.streams -= 1;
-            if state.streams == 0 && self.admission.limits.new_streams_per_ip_per_second <= 0.0 {
+            if state.streams == 0 && self.forget_when_empty {
                 map.remove(&self.ip);
             }
         }
@@ -171,37 +173,44 @@ mod tests {
 
     #[test]
     fn global_and_per_ip_caps_release_on_drop() {
-        let a = Admission::new(limits(3, 2, 0.0, 0.0));
-        let p1 = a.admit(ip(1)).unwrap();
-        let _p2 = a.admit(ip(1)).unwrap();
-        assert_eq!(a.admit(ip(1)).err(), Some(Refusal::TooManyFromIp));
-        let _p3 = a.admit(ip(2)).unwrap();
-        assert_eq!(a.admit(ip(3)).err(), Some(Refusal::NodeFull));
+        let l = limits(3, 2, 0.0, 0.0);
+        let a = Admission::new();
+        let p1 = a.admit(ip(1), &l).unwrap();
+        let _p2 = a.admit(ip(1), &l).unwrap();
+        assert_eq!(a.admit(ip(1), &l).err(), Some(Refusal::TooManyFromIp));
+        let _p3 = a.admit(ip(2), &l).unwrap();
+        assert_eq!(a.admit(ip(3), &l).err(), Some(Refusal::NodeFull));
         drop(p1);
-        let _p4 = a.admit(ip(3)).unwrap();
+        let _p4 = a.admit(ip(3), &l).unwrap();
+        assert_eq!(a.open(), 3);
+        // A lowered cap (a reload) refuses new streams and leaves open ones be.
+        let lowered = limits(1, 2, 0.0, 0.0);
+        assert_eq!(a.admit(ip(4), &lowered).err(), Some(Refusal::NodeFull));
         assert_eq!(a.open(), 3);
     }
 
     #[test]
     fn rate_limit_with_burst_then_sweep_forgets() {
-        let a = Admission::new(limits(100, 100, 0.5, 2.0));
-        drop(a.admit(ip(1)).unwrap());
-        drop(a.admit(ip(1)).unwrap());
-        match a.admit(ip(1)) {
+        let l = limits(100, 100, 0.5, 2.0);
+        let a = Admission::new();
+        drop(a.admit(ip(1), &l).unwrap());
+        drop(a.admit(ip(1), &l).unwrap());
+        match a.admit(ip(1), &l) {
             Err(Refusal::RateLimited { retry_after_secs }) => assert!(retry_after_secs >= 1),
             other => panic!("expected rate limit, got {:?}", other.err()),
         }
-        assert!(a.admit(ip(2)).is_ok(), "other IPs unaffected");
+        assert!(a.admit(ip(2), &l).is_ok(), "other IPs unaffected");
         assert_eq!(a.tracked_ips(), 2);
-        a.sweep();
+        a.sweep(&l);
         assert_eq!(a.tracked_ips(), 2, "buckets still refilling are kept");
     }
 
     #[test]
     fn no_rate_limit_means_no_leftover_entries() {
-        let a = Admission::new(limits(10, 10, 0.0, 0.0));
+        let l = limits(10, 10, 0.0, 0.0);
+        let a = Admission::new();
         for n in 0..5 {
-            drop(a.admit(ip(n)).unwrap());
+            drop(a.admit(ip(n), &l).unwrap());
         }
         assert_eq!(a.tracked_ips(), 0);
     }

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::config::Config;
+use herald::reload::Source;
+use herald::settings::Settings;
 use herald::server::{self, Listeners, RunOptions};
 
 /// mimalloc: the publish path allocates per event (encoded bytes, parsed fields), and
@@ -42,19 +44,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(c) => c,
+    // The objects that will run are built here, once: what check-config accepts is
+    // what serves (a JWT key file that cannot be read stops the start).
+    let settings = match Config::load(cli.config.as_deref())
+        .and_then(|config| Settings::build(config, cli.demo))
+    {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("herald: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", config.to_toml());
+        print!("{}", settings.config.to_toml());
         return ExitCode::SUCCESS;
     }
     // Kept until the server has stopped: shutting it down flushes queued spans.
-    let telemetry = herald::telemetry::init(&config.telemetry);
+    let telemetry = herald::telemetry::init(&settings.config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,14 +71,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let status = runtime.block_on(serve(config, RunOptions { demo: cli.demo }));
+    let options = RunOptions {
+        demo: cli.demo,
+        reload: Some(Source {
+            path: cli.config.clone(),
+            log_filter: telemetry.log_filter(),
+        }),
+    };
+    let status = runtime.block_on(serve(settings, options));
     // Outside the runtime now, so the blocking exporter may run here.
     telemetry.shutdown();
     status
 }
 
-async fn serve(config: Config, options: RunOptions) -> ExitCode {
-    let listeners = match Listeners::bind(&config).await {
+async fn serve(settings: Settings, options: RunOptions) -> ExitCode {
+    let config = &settings.config;
+    let listeners = match Listeners::bind(config).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
@@ -95,7 +109,7 @@ async fn serve(config: Config, options: RunOptions) -> ExitCode {
             "demo mode: anyone who reaches {public} can publish; never run --demo in production"
         );
     }
-    server::run(config, options, listeners, shutdown_signal()).await;
+    server::run(settings, options, listeners, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -135,6 +135,12 @@ pub struct Metrics {
     pub backend_reconnects: IntCounter,
     /// Events a node fetched from Redis after a reconnect (missed on pub/sub meanwhile).
     pub backend_caught_up_events: IntCounter,
+    /// Reloads (SIGHUP), by result: `success` or `failure` (the old config stayed).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last load or reload of the config succeeded.
+    pub config_last_reload_successful: IntGauge,
+    /// When the config in force was loaded (start or successful reload), Unix seconds.
+    pub config_last_reload_success_time: Gauge,
 }
 
 impl Metrics {
@@ -325,6 +331,24 @@ impl Metrics {
                 "herald_backend_caught_up_events_total",
                 "Events fetched from the backend after a reconnect.",
             ),
+            config_reloads: counter_vec(
+                "herald_config_reloads_total",
+                "Config reloads (SIGHUP), by result.",
+                "result",
+                &["success", "failure"],
+            ),
+            config_last_reload_successful: gauge(
+                "herald_config_last_reload_successful",
+                "1 when the last config load or reload succeeded.",
+            ),
+            config_last_reload_success_time: reg(
+                &registry,
+                Gauge::new(
+                    "herald_config_last_reload_success_timestamp_seconds",
+                    "When the config in force was loaded, in Unix seconds.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
         }
     }
@@ -348,6 +372,24 @@ impl Metrics {
                 .with_label_values(&[group])
                 .set(*channels as i64);
         }
+    }
+
+    /// A config was put in force: at the start, or by a reload (`reloaded`).
+    pub fn config_applied(&self, reloaded: bool) {
+        if reloaded {
+            self.config_reloads.with_label_values(&["success"]).inc();
+        }
+        self.config_last_reload_successful.set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_success_time.set(now);
+    }
+
+    /// A reload was refused; the config of the last success stays in force.
+    pub fn config_reload_failed(&self) {
+        self.config_reloads.with_label_values(&["failure"]).inc();
+        self.config_last_reload_successful.set(0);
     }
 
     /// A stream's life, observed when it ends.

@@ -27,15 +27,19 @@ use crate::http::direct_publish::{self, After};
 use crate::http::head::{self, Head};
 use crate::http::prefixed::Prefixed;
 use crate::http::{self, AppState};
-use crate::hub::{Hub, HubSettings};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::settings::{ConnLimits, Settings};
 use crate::write_timeout::WriteTimeout;
 
 /// Options that are not configuration: how this process was started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// `herald --demo`: open publishing on the public listener when no key is set.
     pub demo: bool,
+    /// Reload on SIGHUP from this source (the binary); `None` (tests in process) keeps
+    /// the settings of the start.
+    pub reload: Option<crate::reload::Source>,
 }
 
 /// The two bound sockets herald serves.
@@ -74,7 +78,7 @@ fn bind(addr: SocketAddr, backlog: u32, key: &str) -> std::io::Result<TcpListene
 
 /// Serve until `shutdown` completes, then drain within `shutdown.drain_timeout`.
 pub async fn run(
-    config: Config,
+    settings: Settings,
     options: RunOptions,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
@@ -82,26 +86,20 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     metrics
         .connections_limit
-        .set(config.limits.max_connections as i64);
-    let hub = Hub::new(HubSettings::from_config(&config), metrics.clone());
+        .set(settings.config.limits.max_connections as i64);
+    metrics.config_applied(false);
+    let hub = Hub::new(settings.hub.clone(), metrics.clone());
     // Stopped last, after the drain: streams read from it until they end.
     let stop_backend = CancellationToken::new();
-    let backend = match Backend::start(&config, hub.clone(), metrics, stop_backend.clone()) {
+    let backend = match Backend::start(&settings.config, hub.clone(), metrics, stop_backend.clone())
+    {
         Ok(backend) => backend,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the backend");
             return;
         }
     };
-    let drain_timeout = config.shutdown.drain_timeout;
-    let sweep_interval = config.history.sweep_interval;
-    let conn_limits = ConnLimits {
-        send_buffer_bytes: config.limits.send_buffer_bytes,
-        header_read_timeout: config.limits.header_read_timeout,
-        max_header_bytes: config.limits.max_header_bytes,
-        write_timeout: config.limits.write_timeout,
-    };
-    let state = Arc::new(AppState::new(config, hub.clone(), backend, options.demo));
+    let state = Arc::new(AppState::new(settings, hub.clone(), backend));
 
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -116,13 +114,13 @@ pub async fn run(
         let sweep_state = state.clone();
         let stop = stop_admin.clone();
         async move {
-            let mut tick = tokio::time::interval(sweep_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                // Read each round: a reload may change it.
+                let interval = sweep_state.settings().config.history.sweep_interval;
                 tokio::select! {
-                    _ = tick.tick() => {
+                    _ = tokio::time::sleep(interval) => {
                         hub.sweep();
-                        sweep_state.admission.sweep();
+                        sweep_state.admission.sweep(&sweep_state.settings().admission);
                         sweep_state.tickets.sweep();
                     }
                     _ = stop.cancelled() => break,
@@ -143,7 +141,8 @@ pub async fn run(
             let state = state.clone();
             let closing = closing.clone();
             move |stream, peer| {
-                serve_public_connection(state.clone(), stream, peer, conn_limits, closing.clone())
+                let limits = state.settings().conn;
+                serve_public_connection(state.clone(), stream, peer, limits, closing.clone())
             }
         },
     ));
@@ -156,16 +155,24 @@ pub async fn run(
             // Admin connections keep answering (readyz says 503) through the drain.
             let closing = stop_admin.clone();
             move |stream, _peer| {
+                let limits = state.settings().conn;
                 let timeouts = state.hub.metrics().write_timeouts.clone();
                 let state = state.clone();
                 let service = service_fn(move |req| http::serve_admin(state.clone(), req));
-                serve_http(stream, service, conn_limits, timeouts, closing.clone())
+                serve_http(stream, service, limits, timeouts, closing.clone())
             }
         },
     ));
 
+    let reloader = options.reload.map(|source| {
+        let state = state.clone();
+        let stop = stop_admin.clone();
+        tokio::spawn(crate::reload::on_hangup(state, source, options.demo, stop))
+    });
+
     state.ready.store(true, Ordering::SeqCst);
     shutdown.await;
+    let drain_timeout = state.settings().config.shutdown.drain_timeout;
 
     // Drain: not ready, no new connections, every stream told to end (spread over the
     // drain window), then wait for the public connections to finish, bounded by the drain
@@ -191,16 +198,10 @@ pub async fn run(
     stop_backend.cancel();
     let _ = sweeper.await;
     let _ = flusher.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     info!("stopped");
-}
-
-/// Per-connection protections, from `limits.*`.
-#[derive(Debug, Clone, Copy)]
-struct ConnLimits {
-    send_buffer_bytes: usize,
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
-    write_timeout: Duration,
 }
 
 /// Accept connections until `stop` and serve each in a tracked task; the tracker is

@@ -11,7 +11,7 @@ use opentelemetry_sdk::Resource;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::TelemetryConfig;
 
@@ -23,9 +23,29 @@ const EXPORT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[must_use = "dropping the guard shuts trace export down"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    log_filter: Option<LogFilter>,
+}
+
+/// Changes the log filter of the installed subscriber (a reload of
+/// `telemetry.log_level`). Absent when `RUST_LOG` decides, or when another subscriber
+/// was installed first.
+#[derive(Clone)]
+pub struct LogFilter(reload::Handle<EnvFilter, Registry>);
+
+impl LogFilter {
+    /// Apply `level` (validated with the rest of the config).
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.0.reload(filter).map_err(|e| e.to_string())
+    }
 }
 
 impl TelemetryGuard {
+    /// The handle that reloads `telemetry.log_level`, if it may change it.
+    pub fn log_filter(&self) -> Option<LogFilter> {
+        self.log_filter.clone()
+    }
+
     /// Flush queued spans and stop the exporter, waiting at most a few seconds.
     /// Blocking: from async code use [`TelemetryGuard::shutdown_async`].
     pub fn shutdown(mut self) {
@@ -75,9 +95,14 @@ impl Drop for TelemetryGuard {
 /// A second init (tests start several servers in one process) keeps the first
 /// subscriber, and exports nothing from the second.
 pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let from_env_set = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // Behind a reload layer so that SIGHUP can change the level (the fmt layer is boxed
+    // for the subscriber type `Registry`, which this handle names).
+    let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -111,6 +136,7 @@ pub fn init(config: &TelemetryConfig) -> TelemetryGuard {
     }
     TelemetryGuard {
         provider: provider.filter(|_| installed),
+        log_filter: (installed && !from_env_set).then_some(LogFilter(handle)),
     }
 }
 

@@ -11,8 +11,6 @@ use rand::Rng;
 use crate::auth::Grants;
 
 pub struct Tickets {
-    ttl: Duration,
-    max: usize,
     issued: Mutex<HashMap<String, (Instant, Grants)>>,
 }
 
@@ -20,35 +18,36 @@ pub struct Tickets {
 #[error("too many unused tickets (auth.max_tickets)")]
 pub struct TicketsFull;
 
+impl Default for Tickets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tickets {
-    pub fn new(ttl: Duration, max: usize) -> Self {
+    pub fn new() -> Self {
         Self {
-            ttl,
-            max,
             issued: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, (Instant, Grants)>> {
         self.issued.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new ticket carrying `grants`, valid for the configured TTL.
-    pub fn issue(&self, grants: Grants) -> Result<String, TicketsFull> {
+    /// A new ticket carrying `grants`, valid for `ttl`, unless `max` are unused already
+    /// (`auth.ticket_ttl`, `auth.max_tickets`, as in force when it is issued).
+    pub fn issue(&self, grants: Grants, ttl: Duration, max: usize) -> Result<String, TicketsFull> {
         let mut map = self.lock();
-        if map.len() >= self.max {
+        if map.len() >= max {
             let now = Instant::now();
             map.retain(|_, (expires, _)| *expires > now);
-            if map.len() >= self.max {
+            if map.len() >= max {
                 return Err(TicketsFull);
             }
         }
         let ticket = format!("{:032x}", rand::rng().random::<u128>());
-        map.insert(ticket.clone(), (Instant::now() + self.ttl, grants));
+        map.insert(ticket.clone(), (Instant::now() + ttl, grants));
         Ok(ticket)
     }
 
@@ -78,18 +77,19 @@ mod tests {
 
     #[test]
     fn single_use_and_expiring() {
-        let t = Tickets::new(Duration::from_millis(30), 2);
-        let a = t.issue(Grants::from_patterns(&["x"])).unwrap();
+        let t = Tickets::new();
+        let (ttl, max) = (Duration::from_millis(30), 2);
+        let a = t.issue(Grants::from_patterns(&["x"]), ttl, max).unwrap();
         assert_eq!(a.len(), 32);
         assert!(t.redeem(&a).unwrap().allows("x"));
         assert!(t.redeem(&a).is_none(), "second use fails");
-        let b = t.issue(Grants::all()).unwrap();
-        let _c = t.issue(Grants::all()).unwrap();
-        assert_eq!(t.issue(Grants::all()), Err(TicketsFull));
+        let b = t.issue(Grants::all(), ttl, max).unwrap();
+        let _c = t.issue(Grants::all(), ttl, max).unwrap();
+        assert_eq!(t.issue(Grants::all(), ttl, max), Err(TicketsFull));
         std::thread::sleep(Duration::from_millis(40));
         assert!(t.redeem(&b).is_none(), "expired");
         t.sweep();
         assert!(t.is_empty());
-        assert!(t.issue(Grants::all()).is_ok());
+        assert!(t.issue(Grants::all(), ttl, max).is_ok());
     }
 }

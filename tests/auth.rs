@@ -272,7 +272,7 @@ async fn publish_keys_missing_wrong_and_scoped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_only_the_admin_listener_publishes() {
-    let server = TestServer::start_with_options(quick_config(), RunOptions { demo: false }).await;
+    let server = TestServer::start_with_options(quick_config(), RunOptions::default()).await;
     let mut s = SseClient::connect(&server.url("/events?channel=news")).await;
     s.expect_preamble().await;
     refused(

@@ -261,7 +261,7 @@ async fn compact_json_data_keeps_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_without_keys_only_on_admin_listener() {
-    let server = TestServer::start_with_options(quick_config(), RunOptions { demo: false }).await;
+    let server = TestServer::start_with_options(quick_config(), RunOptions::default()).await;
     let client = reqwest::Client::new();
     let body = json!({"channel": "a", "data": "x"}).to_string();
     let (status, answer) = post(

@@ -96,6 +96,13 @@ impl Backend {
         }
     }
 
+    /// Apply what a reloaded config may change in the backend (Redis: history limits).
+    pub fn reconfigure(&self, config: &Config) {
+        if let Backend::Redis(redis) = self {
+            redis.reconfigure(config);
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Backend::Memory => "memory",

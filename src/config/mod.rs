@@ -450,8 +450,8 @@ impl Config {
                 "private channels need auth.jwt.algorithm to verify subscriber tokens",
             ));
         }
-        crate::auth::JwtVerifier::from_config(&self.auth.jwt)
-            .map_err(|(key, reason)| invalid(key, reason))?;
+        // The JWT key itself (files, PEM) is checked where the verifier is built, once:
+        // `Settings::build`.
         if self.auth.cookie_name.is_empty()
             || !self
                 .auth

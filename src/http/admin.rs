@@ -2,16 +2,15 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use wildmatch::WildMatch;
 
 use super::response::{self, Body};
 use super::AppState;
 
 pub fn metrics(state: &AppState) -> Response<Body> {
     let metrics = state.hub.metrics();
-    let groups = &state.config.telemetry.metrics_channel_groups;
-    let patterns: Vec<WildMatch> = groups.iter().map(|g| WildMatch::new(g)).collect();
-    let counts = state.hub.count_by_group(&patterns);
+    let settings = state.settings();
+    let groups = &settings.config.telemetry.metrics_channel_groups;
+    let counts = state.hub.count_by_group(&settings.channel_groups);
     let named = groups.iter().map(String::as_str).chain(["other"]);
     let by_group: Vec<(&str, usize, usize)> = named
         .zip(counts)

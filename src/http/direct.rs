@@ -45,7 +45,7 @@ pub async fn serve_subscription(
         Either::Right(_) => (None, Framing::UntilClose),
     };
     write_head(&mut head, &parts, length, framing);
-    let write_timeout = state.config.limits.write_timeout;
+    let write_timeout = state.settings().conn.write_timeout;
     let timeouts = state.hub.metrics().write_timeouts.clone();
     match body {
         Either::Left(full) => {

@@ -66,9 +66,9 @@ pub async fn serve(
     let mut out = BytesMut::with_capacity(256 + body.len());
     write_head(&mut out, &parts, Some(body.len() as u64), framing);
     out.extend_from_slice(&body);
-    let limits = &state.config.limits;
+    let write_timeout = state.settings().conn.write_timeout;
     let timeouts = &state.hub.metrics().write_timeouts;
-    if write_within(io, &out, limits.write_timeout, timeouts)
+    if write_within(io, &out, write_timeout, timeouts)
         .await
         .is_err()
     {

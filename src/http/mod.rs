@@ -26,80 +26,41 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::{Authorizer, JwtVerifier, Listener};
+use crate::auth::Listener;
 use crate::backend::Backend;
-use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::{Admission, AdmissionLimits};
-use crate::publish::PublishLimits;
+use crate::limits::Admission;
+use crate::settings::{LiveSettings, Settings};
 use response::Served;
-use stream::StreamSettings;
 
 /// Everything a request handler needs, shared by all connections.
 pub struct AppState {
     pub hub: Arc<Hub>,
     /// Where publishes go and subscriptions read from (memory or Redis).
     pub backend: Backend,
-    pub config: Config,
-    pub auth: Authorizer,
+    /// The settings in force, replaced whole by a reload: read once per request.
+    pub live: Arc<LiveSettings>,
     pub tickets: crate::tickets::Tickets,
-    pub publish_limits: PublishLimits,
-    pub stream_settings: Arc<StreamSettings>,
     pub admission: Arc<Admission>,
-    /// Opening bytes of every stream (`retry:` and a comment).
-    pub preamble: Bytes,
     /// Readiness latch: true once serving, false from the start of shutdown.
     pub ready: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(config: Config, hub: Arc<Hub>, backend: Backend, demo: bool) -> Self {
-        let heartbeat_bytes = if config.sse.heartbeat_event.is_empty() {
-            crate::sse::comment("ping")
-        } else {
-            crate::sse::encode(&crate::sse::Event {
-                id: None,
-                event: Some(&config.sse.heartbeat_event),
-                data: "",
-                retry: None,
-            })
-        };
+    pub fn new(settings: Settings, hub: Arc<Hub>, backend: Backend) -> Self {
         Self {
-            // Validated at config load, so a failure here cannot happen in practice;
-            // JWT stays off rather than panicking if it somehow does.
-            auth: Authorizer::new(
-                &config.auth,
-                JwtVerifier::from_config(&config.auth.jwt).ok().flatten(),
-                demo,
-            ),
-            tickets: crate::tickets::Tickets::new(config.auth.ticket_ttl, config.auth.max_tickets),
-            publish_limits: PublishLimits {
-                max_channel_name_length: config.limits.max_channel_name_length,
-                max_event_type_length: config.limits.max_event_type_length,
-                max_event_bytes: config.limits.max_event_bytes,
-                max_batch_events: config.limits.max_batch_events,
-            },
-            stream_settings: Arc::new(StreamSettings {
-                heartbeat_interval: config.sse.heartbeat_interval,
-                heartbeat: heartbeat_bytes,
-                retry: config.sse.retry,
-                max_lifetime: config.limits.max_connection_lifetime,
-                lifetime_jitter: config.limits.connection_lifetime_jitter,
-                drain_spread: config.shutdown.drain_timeout.mul_f64(0.7),
-            }),
-            admission: Admission::new(AdmissionLimits {
-                max_connections: config.limits.max_connections,
-                max_connections_per_ip: config.limits.max_connections_per_ip,
-                new_streams_per_ip_per_second: config.limits.new_streams_per_ip_per_second,
-                new_streams_burst_per_ip: f64::from(config.limits.new_streams_burst_per_ip),
-                retry_after: config.limits.retry_after,
-            }),
-            preamble: crate::sse::stream_preamble(config.sse.retry.as_millis() as u64),
+            live: Arc::new(LiveSettings::new(settings)),
+            tickets: crate::tickets::Tickets::new(),
+            admission: Admission::new(),
             ready: AtomicBool::new(false),
             hub,
             backend,
-            config,
         }
+    }
+
+    /// The snapshot in force now.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.live.load()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -126,7 +87,7 @@ pub async fn serve_public(
         (_, "/publish") => response::method_not_allowed("POST"),
         (&Method::POST, "/tickets") => tickets::handle(&state, &req),
         (_, "/tickets") => response::method_not_allowed("POST"),
-        (&Method::GET, "/") if state.config.server.demo_page => response::full(
+        (&Method::GET, "/") if state.settings().config.server.demo_page => response::full(
             StatusCode::OK,
             "text/html; charset=utf-8",
             Bytes::from_static(DEMO_PAGE.as_bytes()),
@@ -143,8 +104,10 @@ pub async fn subscribe_response<B>(
     req: &Request<B>,
     peer: SocketAddr,
 ) -> response::Response<response::Body> {
-    let trusted = &state.config.server.trusted_proxies;
+    let settings = state.settings();
+    let trusted = &settings.config.server.trusted_proxies;
     let client = crate::client_ip::resolve(peer.ip(), req.headers(), trusted);
+    drop(settings);
     let mut resp = subscribe::handle(state, req, client).await;
     cors::decorate(state, req.headers().get(http::header::ORIGIN), &mut resp);
     resp

@@ -109,15 +109,16 @@ where
     F: FnOnce(usize) -> Fut,
     Fut: Future<Output = Result<Bytes, BodyError>>,
 {
+    let settings = state.live.current();
     let authorization = headers.authorization;
     // Refuse a missing or unknown credential before reading the body; the channels it
     // grants are checked once the body is parsed.
-    state.auth.check_publish(listener, authorization, [])?;
+    settings.auth.check_publish(listener, authorization, [])?;
     let content_type = headers
         .content_type
         .and_then(|v| std::str::from_utf8(v).ok());
     let format = Format::from_content_type(content_type).map_err(publish_error)?;
-    let max = state.config.limits.max_body_bytes;
+    let max = settings.config.limits.max_body_bytes;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -132,7 +133,7 @@ where
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let timeout = state.config.limits.body_read_timeout;
+    let timeout = settings.config.limits.body_read_timeout;
     let body = match tokio::time::timeout(timeout, read_body(max)).await {
         Err(_) => {
             return Err(ApiError::new(
@@ -150,7 +151,7 @@ where
         }
         Ok(Ok(body)) => body,
     };
-    let events = publish::parse(format, &body, &state.publish_limits).map_err(publish_error)?;
+    let events = publish::parse(format, &body, &settings.publish).map_err(publish_error)?;
     let span = tracing::Span::current();
     span.record("events", events.len() as i64);
     if let Some(first) = events.first() {
@@ -158,7 +159,7 @@ where
             span.record("channel", first.channel.as_str());
         }
     }
-    state.auth.check_publish(
+    settings.auth.check_publish(
         listener,
         authorization,
         events.iter().map(|e| e.channel.as_str()),
@@ -168,7 +169,7 @@ where
         .publish(&state.hub, &events)
         .await
         .map_err(|e| {
-            response::backend_error(e, state.config.limits.retry_after.as_secs().max(1))
+            response::backend_error(e, settings.config.limits.retry_after.as_secs().max(1))
         })?;
     let batch = format == Format::Json && body.trim_ascii_start().starts_with(b"[");
     Ok(response::full(

@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::hub::{Hub, Subscription, SubscriptionPoll};
 use crate::limits::StreamPermit;
+use crate::settings::LiveSettings;
 
 /// Per-node stream settings, shared by every stream.
 #[derive(Clone)]
@@ -35,7 +36,9 @@ pub struct StreamSettings {
 pub struct SseStream {
     subscription: Subscription,
     hub: Arc<Hub>,
-    settings: Arc<StreamSettings>,
+    /// The settings in force: read when a timer fires or the stream ends, so an open
+    /// stream follows a reload (a new heartbeat interval applies at once).
+    live: Arc<LiveSettings>,
     /// `retry:` line and opening comment, sent before anything else.
     preamble: Option<Bytes>,
     /// Fires when the stream has been idle for a heartbeat interval.
@@ -58,12 +61,14 @@ impl SseStream {
         hub: Arc<Hub>,
         subscription: Subscription,
         preamble: Bytes,
-        settings: Arc<StreamSettings>,
+        live: Arc<LiveSettings>,
         permit: StreamPermit,
     ) -> Self {
         hub.metrics().connections_open.inc();
         hub.metrics().connections_total.inc();
         let now = Instant::now();
+        let current = live.load();
+        let settings = &current.stream;
         let end_timer = (!settings.max_lifetime.is_zero()).then(|| {
             let jitter = settings
                 .max_lifetime
@@ -80,13 +85,13 @@ impl SseStream {
             hub,
             preamble: Some(preamble),
             idle_timer: Box::pin(tokio::time::sleep_until(now + settings.heartbeat_interval)),
-            settings,
             last_write: now,
             opened: now,
             end_timer,
             end_reason: "client",
             done: false,
             _permit: permit,
+            live,
         }
     }
 
@@ -101,7 +106,7 @@ impl SseStream {
         if matches!(self.end_timer, Some((_, "shutdown"))) {
             return;
         }
-        let spread = self.settings.drain_spread;
+        let spread = self.live.load().stream.drain_spread;
         let delay = spread.mul_f64(rand::rng().random_range(0.0..1.0));
         self.end_timer = Some((Box::pin(tokio::time::sleep(delay)), "shutdown"));
     }
@@ -111,9 +116,11 @@ impl SseStream {
     fn farewell(&mut self, reason: &'static str) -> Bytes {
         self.end_reason = reason;
         self.done = true;
-        let base = self.settings.retry.as_millis() as u64;
+        let current = self.live.load();
+        let settings = &current.stream;
+        let base = settings.retry.as_millis() as u64;
         let spread = if reason == "shutdown" {
-            self.settings.drain_spread.as_millis() as u64
+            settings.drain_spread.as_millis() as u64
         } else {
             base
         };
@@ -172,8 +179,17 @@ impl SseStream {
                 return Poll::Ready(true);
             }
         }
+        let current = self.live.load();
+        let settings = &current.stream;
+        // A reload that shortened the interval wakes every stream (Hub::reconfigure): a
+        // timer armed for the old, later moment is brought forward. A longer interval
+        // needs nothing: the timer re-arms from the last write when it fires.
+        let due = self.last_write + settings.heartbeat_interval;
+        if self.idle_timer.deadline() > due {
+            self.idle_timer.as_mut().reset(due);
+        }
         while self.idle_timer.as_mut().poll(cx).is_ready() {
-            let due = self.last_write + self.settings.heartbeat_interval;
+            let due = self.last_write + settings.heartbeat_interval;
             if due > Instant::now() {
                 self.idle_timer.as_mut().reset(due);
                 continue;
@@ -181,9 +197,9 @@ impl SseStream {
             self.last_write = Instant::now();
             self.idle_timer
                 .as_mut()
-                .reset(self.last_write + self.settings.heartbeat_interval);
+                .reset(self.last_write + settings.heartbeat_interval);
             self.hub.metrics().heartbeats_sent.inc();
-            out.push(self.settings.heartbeat.clone());
+            out.push(settings.heartbeat.clone());
             return Poll::Ready(true);
         }
         Poll::Pending

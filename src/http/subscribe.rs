@@ -10,6 +10,7 @@ use crate::auth::{bearer, AuthError, Grants};
 use crate::hub::HubError;
 use crate::limits::Refusal;
 use crate::metrics::REQUEST_REFUSALS;
+use crate::settings::Settings;
 use crate::validate;
 use std::net::IpAddr;
 
@@ -103,7 +104,8 @@ async fn open<B>(
     req: &Request<B>,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
-    let limits = &state.config.limits;
+    let settings = state.live.current();
+    let limits = &settings.config.limits;
     let request = parse(
         req,
         limits.max_channels_per_subscription,
@@ -116,7 +118,7 @@ async fn open<B>(
     if state.hub.is_closing() {
         return Err(response::hub_error(HubError::ShuttingDown, retry_after));
     }
-    let permit = state.admission.admit(client).map_err(|refusal| {
+    let permit = state.admission.admit(client, &settings.admission).map_err(|refusal| {
         let (status, message, secs) = match refusal {
             Refusal::NodeFull => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -144,9 +146,10 @@ async fn open<B>(
         ApiError::new(status, refusal.code(), message).retry_after(secs)
     })?;
     // After admission, so a refused stream (429/503) does not spend its single-use ticket.
-    let private = state.auth.private_among(&request.channels);
+    let private = settings.auth.private_among(&request.channels);
     if !private.is_empty() {
-        let grants = subscriber_grants(state, req, request.ticket.as_deref(), private[0])?;
+        let grants =
+            subscriber_grants(state, &settings, req, request.ticket.as_deref(), private[0])?;
         if let Some(denied) = grants.first_denied(private.iter().copied()) {
             return Err(AuthError::Forbidden(denied.to_string()).into());
         }
@@ -164,8 +167,8 @@ async fn open<B>(
     let body = SseStream::new(
         state.hub.clone(),
         subscription,
-        state.preamble.clone(),
-        state.stream_settings.clone(),
+        settings.preamble.clone(),
+        state.live.clone(),
         permit,
     );
     let mut resp = Response::new(Either::Right(body));
@@ -183,6 +186,7 @@ async fn open<B>(
 /// else a JWT in the auth cookie. Tokens and tickets are never logged.
 fn subscriber_grants<B>(
     state: &AppState,
+    settings: &Settings,
     req: &Request<B>,
     ticket: Option<&str>,
     first_private: &str,
@@ -196,7 +200,7 @@ fn subscriber_grants<B>(
             )
         });
     }
-    let token = cookie(req, &state.config.auth.cookie_name).or_else(|| {
+    let token = cookie(req, &settings.config.auth.cookie_name).or_else(|| {
         let authorization = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -204,7 +208,7 @@ fn subscriber_grants<B>(
         bearer(authorization).and_then(|t| std::str::from_utf8(t).ok())
     });
     let token = token.ok_or_else(|| AuthError::MissingToken(first_private.to_string()))?;
-    let jwt = state
+    let jwt = settings
         .auth
         .jwt()
         .ok_or_else(|| AuthError::MissingToken(first_private.to_string()))?;

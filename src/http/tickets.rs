@@ -20,7 +20,8 @@ pub fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
 }
 
 fn issue<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiError> {
-    let jwt = state.auth.jwt().ok_or_else(|| {
+    let settings = state.settings();
+    let jwt = settings.auth.jwt().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "tickets_disabled",
@@ -35,7 +36,8 @@ fn issue<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiErr
         .and_then(|t| std::str::from_utf8(t).ok())
         .ok_or(AuthError::MissingKey)?;
     let grants = jwt.verify(token)?;
-    let ticket = state.tickets.issue(grants.subscribe).map_err(|e| {
+    let (ttl, max) = (settings.config.auth.ticket_ttl, settings.config.auth.max_tickets);
+    let ticket = state.tickets.issue(grants.subscribe, ttl, max).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_tickets",
@@ -45,6 +47,6 @@ fn issue<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiErr
     })?;
     Ok(response::json(
         StatusCode::OK,
-        &serde_json::json!({ "ticket": ticket, "expires_in": state.tickets.ttl().as_secs() }),
+        &serde_json::json!({ "ticket": ticket, "expires_in": ttl.as_secs() }),
     ))
 }

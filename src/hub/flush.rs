@@ -19,7 +19,7 @@ impl Hub {
         now: Instant,
         wakers: &mut Vec<std::task::Waker>,
     ) {
-        let window = self.settings.coalesce_window;
+        let window = self.settings.load().coalesce_window;
         match g.last_wake {
             Some(last) if !window.is_zero() && now < last + window => {
                 if !g.flush_queued {

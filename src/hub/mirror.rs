@@ -93,8 +93,8 @@ impl Hub {
                 None => {}
             }
         }
-        if map.len() + plan.load.len() > self.settings.max_channels && !plan.load.is_empty() {
-            return Err(HubError::TooManyChannels(self.settings.max_channels));
+        if map.len() + plan.load.len() > self.settings.load().max_channels && !plan.load.is_empty() {
+            return Err(HubError::TooManyChannels(self.settings.load().max_channels));
         }
         for name in &plan.load {
             let ch = Arc::new(Channel::new(name, 0));
@@ -241,7 +241,7 @@ impl Hub {
         let channels: Vec<Arc<Channel>> = ready.iter().map(|s| s.channel.clone()).collect();
         let mut guards: Vec<MutexGuard<'_, ChannelState>> =
             channels.iter().map(|c| c.lock()).collect();
-        let capacity = self.settings.ring_capacity();
+        let capacity = self.settings.load().ring_capacity();
         let wake_at = tokio::time::Instant::now();
         let mut wakers = Vec::new();
         let mut resynced = 0;
@@ -315,7 +315,7 @@ impl Hub {
         let mut wakers = Vec::new();
         if let Some(ch) = ch {
             let mut g = ch.lock();
-            let capacity = self.settings.ring_capacity();
+            let capacity = self.settings.load().ring_capacity();
             if let Some(loading) = g.loading.as_mut() {
                 if loading.buffered.len() >= capacity {
                     if let Some(old) = loading.buffered.pop_front() {

@@ -130,7 +130,10 @@ pub struct Hub {
     start_unix_us: u64,
     /// Set when shutdown begins: streams end and publishes are refused.
     closing: AtomicBool,
-    settings: HubSettings,
+    /// The live part of the settings, replaced whole by a reload (`reconfigure`).
+    settings: arc_swap::ArcSwap<HubSettings>,
+    /// Mirror role (Redis backend): fixed for the process's life.
+    mirror: bool,
     metrics: Arc<Metrics>,
     /// Channels whose wake was deferred by the coalescing window, in due order (every
     /// window has the same length, so appending keeps the order).
@@ -156,7 +159,8 @@ impl Hub {
             epoch: Instant::now(),
             start_unix_us: now_micros,
             closing: AtomicBool::new(false),
-            settings,
+            mirror: settings.mirror,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             metrics,
             flush_queue: Mutex::new(VecDeque::new()),
             flush_ready: tokio::sync::Notify::new(),
@@ -165,8 +169,22 @@ impl Hub {
         })
     }
 
-    pub fn settings(&self) -> &HubSettings {
-        &self.settings
+    pub fn settings(&self) -> arc_swap::Guard<Arc<HubSettings>> {
+        self.settings.load()
+    }
+
+    /// New limits for what comes next (the mirror role stays): publishes, subscribes and
+    /// sweeps use them from now on, and every parked subscriber is woken so that open
+    /// streams pick up new stream settings at once.
+    pub fn reconfigure(&self, settings: HubSettings) {
+        self.settings.store(Arc::new(settings));
+        let channels: Vec<_> = self.lock_map().values().cloned().collect();
+        for ch in channels {
+            let waiters = ch.lock().take_waiters();
+            for w in waiters {
+                w.wake();
+            }
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -197,8 +215,8 @@ impl Hub {
         if let Some(ch) = map.get(name) {
             return Ok(ch.clone());
         }
-        if map.len() >= self.settings.max_channels {
-            return Err(HubError::TooManyChannels(self.settings.max_channels));
+        if map.len() >= self.settings.load().max_channels {
+            return Err(HubError::TooManyChannels(self.settings.load().max_channels));
         }
         let floor = self.removed_floor.load(Ordering::Acquire);
         let ch = Arc::new(Channel::new(name, floor));
@@ -232,7 +250,7 @@ impl Hub {
                 continue;
             }
             let now = self.now_us();
-            let capacity = self.settings.ring_capacity();
+            let capacity = self.settings.load().ring_capacity();
             let mut published = Vec::with_capacity(batch.len());
             for ev in batch {
                 let slot = touched
@@ -288,9 +306,9 @@ impl Hub {
             // fresh channels would grow the map past `limits.max_channels`.
             let ch = match map.get(name.as_str()) {
                 Some(ch) => ch.clone(),
-                None if self.settings.mirror => return Err(HubError::NotFollowed(name.clone())),
-                None if map.len() >= self.settings.max_channels => {
-                    return Err(HubError::TooManyChannels(self.settings.max_channels));
+                None if self.mirror => return Err(HubError::NotFollowed(name.clone())),
+                None if map.len() >= self.settings.load().max_channels => {
+                    return Err(HubError::TooManyChannels(self.settings.load().max_channels));
                 }
                 None => {
                     let ch = Arc::new(Channel::new(name, floor));
@@ -314,7 +332,7 @@ impl Hub {
         }
         if let Some(full) = guards
             .iter()
-            .position(|g| g.subscribers >= self.settings.max_subscribers_per_channel)
+            .position(|g| g.subscribers >= self.settings.load().max_subscribers_per_channel)
         {
             return Err(HubError::ChannelFull(channels[full].name.to_string()));
         }
@@ -327,7 +345,7 @@ impl Hub {
             // Mirror: loaded history can hold events beyond the horizon whose turn in the
             // global order has not come; a new stream starts before them, so what it gets
             // is exactly the events after its start, in ID order.
-            positions.push(if self.settings.mirror {
+            positions.push(if self.mirror {
                 g.pos_after(last_seq)
             } else {
                 g.end_pos()
@@ -341,11 +359,11 @@ impl Hub {
                     Some("unknown_id")
                 }
                 Some(id) => {
-                    let max_age = self.settings.history_max_age.as_micros() as u64;
+                    let max_age = self.settings.load().history_max_age.as_micros() as u64;
                     let oldest_us = self.now_us().saturating_sub(max_age);
                     let mut gap = false;
                     for (g, pos) in guards.iter().zip(positions.iter_mut()) {
-                        match g.resume_pos(id, self.settings.history_max_events, oldest_us) {
+                        match g.resume_pos(id, self.settings.load().history_max_events, oldest_us) {
                             Some(p) => *pos = p,
                             _ => gap = true,
                         }
@@ -389,7 +407,7 @@ impl Hub {
         .to_string();
         sse::encode(&sse::Event {
             id: Some(itoa::Buffer::new().format(last_seq)),
-            event: Some(&self.settings.reset_event),
+            event: Some(&self.settings.load().reset_event),
             data: &data,
             retry: None,
         })
@@ -397,7 +415,7 @@ impl Hub {
 
     /// Drop aged events and remove channels that have neither subscribers nor history.
     pub fn sweep(&self) {
-        let max_age = self.settings.history_max_age.as_micros() as u64;
+        let max_age = self.settings.load().history_max_age.as_micros() as u64;
         let oldest_us = self.now_us().saturating_sub(max_age);
         let mut map = self.lock_map();
         map.retain(|_, ch| {
@@ -406,7 +424,7 @@ impl Hub {
             // A mirror keeps a channel only while it is read (or being followed): its
             // history lives in the backend and is loaded again on the next subscribe.
             let keep =
-                g.subscribers > 0 || g.is_loading() || (!self.settings.mirror && !g.is_empty());
+                g.subscribers > 0 || g.is_loading() || (!self.mirror && !g.is_empty());
             if !keep {
                 g.removed = true;
                 self.removed_floor

@@ -116,10 +116,12 @@ impl Subscription {
             out.push(reset);
             produced += 1;
         }
+        let settings = self.hub.settings.load();
         let queue = QueueLimit {
-            events: self.hub.settings.subscriber_queue_events as u64,
-            bytes: self.hub.settings.subscriber_queue_bytes as u64,
+            events: settings.subscriber_queue_events as u64,
+            bytes: settings.subscriber_queue_bytes as u64,
         };
+        drop(settings);
         let live = &mut self.oldest_live_us;
         let result = if self.cursors.len() == 1 {
             poll_single(&mut self.cursors[0], cx, out, queue, live)
@@ -202,7 +204,7 @@ fn poll_merged(
             let mut last_id = 0;
             while let Some(e) = g.get(pos) {
                 if e.id > horizon {
-                    if hub.settings.mirror && e.id > hub.seq.load(Ordering::Acquire) {
+                    if hub.mirror && e.id > hub.seq.load(Ordering::Acquire) {
                         g.park(&mut c.parked, cx.waker());
                     } else {
                         pending_beyond_horizon = true;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use herald::config::Config;
 use herald::server::{self, Listeners, RunOptions};
+use herald::settings::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -39,7 +40,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        Self::start_with_options(config, RunOptions { demo: true }).await
+        Self::start_with_options(
+            config,
+            RunOptions {
+                demo: true,
+                ..RunOptions::default()
+            },
+        )
+        .await
     }
 
     pub async fn start_with_options(config: Config, options: RunOptions) -> Self {
@@ -47,7 +55,8 @@ impl TestServer {
         let public = listeners.public.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(config, options, listeners, async {
+        let settings = Settings::build(config, options.demo).expect("settings build");
+        let task = tokio::spawn(server::run(settings, options, listeners, async {
             let _ = rx.await;
         }));
         // `run` flips readiness just after it starts serving; wait for it so that tests

@@ -43,8 +43,9 @@ struct Settings {
     backoff_max: Duration,
     health_interval: Duration,
     sweep_interval: Duration,
-    max_events: usize,
-    max_age_us: u64,
+    /// `history.*`, live: a reload changes them (`reconfigure`).
+    max_events: AtomicU64,
+    max_age_us: AtomicU64,
 }
 
 pub struct RedisBackend {
@@ -120,8 +121,8 @@ impl RedisBackend {
                 backoff_max: redis.reconnect_backoff_max,
                 health_interval: redis.health_interval,
                 sweep_interval: config.history.sweep_interval,
-                max_events: config.history.max_events,
-                max_age_us: config.history.max_age.as_micros() as u64,
+                max_events: AtomicU64::new(config.history.max_events as u64),
+                max_age_us: AtomicU64::new(config.history.max_age.as_micros() as u64),
             },
             up: AtomicBool::new(false),
             reached: AtomicBool::new(false),
@@ -153,6 +154,26 @@ impl RedisBackend {
                 }
             }
         });
+    }
+
+    /// The history limits of a reloaded config (the rest of `backend.*` needs a restart).
+    pub fn reconfigure(&self, config: &Config) {
+        let history = &config.history;
+        let settings = &self.settings;
+        settings
+            .max_events
+            .store(history.max_events as u64, Ordering::Relaxed);
+        settings
+            .max_age_us
+            .store(history.max_age.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn max_events(&self) -> u64 {
+        self.settings.max_events.load(Ordering::Relaxed)
+    }
+
+    fn max_age_us(&self) -> u64 {
+        self.settings.max_age_us.load(Ordering::Relaxed)
     }
 
     pub fn is_up(&self) -> bool {
@@ -239,9 +260,7 @@ impl RedisBackend {
         for (channel, _) in events {
             call.key(keys.stream(channel));
         }
-        call.arg(self.settings.max_events)
-            .arg(self.settings.max_age_us)
-            .arg(&keys.events);
+        call.arg(self.max_events()).arg(self.max_age_us()).arg(&keys.events);
         for (channel, body) in events {
             call.arg(channel).arg(body.as_ref());
         }
@@ -335,8 +354,7 @@ impl RedisBackend {
             for (name, _) in chunk {
                 call.key(keys.stream(name));
             }
-            call.arg(self.settings.max_events)
-                .arg(self.settings.max_age_us);
+            call.arg(self.max_events()).arg(self.max_age_us());
             for (name, after) in chunk {
                 call.arg(name).arg(*after);
             }
@@ -426,7 +444,7 @@ impl RedisBackend {
     async fn sweep_idle_streams(&self) -> Result<u64, BackendError> {
         let keys = &self.keys;
         let mut call = self.invocation(&self.scripts.sweep);
-        call.arg(self.settings.max_age_us)
+        call.arg(self.max_age_us())
             .arg(keys.stream(""))
             .arg(SWEEP_LIMIT);
         let mut conn = self.commands.clone();
