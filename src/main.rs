@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use herald::config::Config;
 use herald::reload::Source;
-use herald::settings::Settings;
 use herald::server::{self, Listeners, RunOptions};
+use herald::settings::Settings;
 
 /// mimalloc: the publish path allocates per event (encoded bytes, parsed fields), and
 /// glibc malloc showed as the top cost in profiles of batched publishing.

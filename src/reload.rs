@@ -73,8 +73,7 @@ pub fn reload(state: &AppState, source: &Source, demo: bool) -> Result<(), Confi
     metrics
         .connections_limit
         .set(new.config.limits.max_connections as i64);
-    if new.config.telemetry.metrics_channel_groups != old.config.telemetry.metrics_channel_groups
-    {
+    if new.config.telemetry.metrics_channel_groups != old.config.telemetry.metrics_channel_groups {
         metrics.group_subscribers.reset();
         metrics.group_channels.reset();
     }
@@ -97,7 +96,10 @@ fn same<T: Serialize>(a: &T, b: &T) -> bool {
 fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     fn keep<T: Serialize + Clone>(key: &str, old: &T, new: &mut T) {
         if !same(old, new) {
-            tracing::warn!(key, "changed in the config, but needs a restart: kept as it was");
+            tracing::warn!(
+                key,
+                "changed in the config, but needs a restart: kept as it was"
+            );
             *new = old.clone();
         }
     }

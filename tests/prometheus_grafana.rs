@@ -184,6 +184,8 @@ fn dashboard_takes_its_datasource_from_the_variable() {
         "herald_backend_errors_total",
         "herald_backend_reconnects_total",
         "herald_backend_caught_up_events_total",
+        "herald_config_last_reload_successful",
+        "herald_config_reloads_total",
     ] {
         assert!(exprs.contains(metric), "no panel shows {metric}");
     }

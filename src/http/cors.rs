@@ -22,7 +22,13 @@ fn allowed<'a>(state: &AppState, origin: Option<&'a HeaderValue>) -> Option<&'a 
 /// Add the CORS headers to a response for an allowed origin; `Vary: Origin` always, so
 /// caches never serve one origin's answer to another.
 pub fn decorate(state: &AppState, origin: Option<&HeaderValue>, resp: &mut Response<Body>) {
-    if state.settings().config.server.cors_allowed_origins.is_empty() {
+    if state
+        .settings()
+        .config
+        .server
+        .cors_allowed_origins
+        .is_empty()
+    {
         return;
     }
     let headers = resp.headers_mut();

@@ -118,33 +118,36 @@ async fn open<B>(
     if state.hub.is_closing() {
         return Err(response::hub_error(HubError::ShuttingDown, retry_after));
     }
-    let permit = state.admission.admit(client, &settings.admission).map_err(|refusal| {
-        let (status, message, secs) = match refusal {
-            Refusal::NodeFull => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the node holds limits.max_connections ({}) streams",
-                    limits.max_connections
+    let permit = state
+        .admission
+        .admit(client, &settings.admission)
+        .map_err(|refusal| {
+            let (status, message, secs) = match refusal {
+                Refusal::NodeFull => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "the node holds limits.max_connections ({}) streams",
+                        limits.max_connections
+                    ),
+                    retry_after,
                 ),
-                retry_after,
-            ),
-            Refusal::TooManyFromIp => (
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "this client holds limits.max_connections_per_ip ({}) streams",
-                    limits.max_connections_per_ip
+                Refusal::TooManyFromIp => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "this client holds limits.max_connections_per_ip ({}) streams",
+                        limits.max_connections_per_ip
+                    ),
+                    retry_after,
                 ),
-                retry_after,
-            ),
-            Refusal::RateLimited { retry_after_secs } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many new streams from this client (limits.new_streams_per_ip_per_second)"
-                    .to_string(),
-                retry_after_secs,
-            ),
-        };
-        ApiError::new(status, refusal.code(), message).retry_after(secs)
-    })?;
+                Refusal::RateLimited { retry_after_secs } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new streams from this client (limits.new_streams_per_ip_per_second)"
+                        .to_string(),
+                    retry_after_secs,
+                ),
+            };
+            ApiError::new(status, refusal.code(), message).retry_after(secs)
+        })?;
     // After admission, so a refused stream (429/503) does not spend its single-use ticket.
     let private = settings.auth.private_among(&request.channels);
     if !private.is_empty() {

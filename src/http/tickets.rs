@@ -36,15 +36,21 @@ fn issue<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, ApiErr
         .and_then(|t| std::str::from_utf8(t).ok())
         .ok_or(AuthError::MissingKey)?;
     let grants = jwt.verify(token)?;
-    let (ttl, max) = (settings.config.auth.ticket_ttl, settings.config.auth.max_tickets);
-    let ticket = state.tickets.issue(grants.subscribe, ttl, max).map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_tickets",
-            e.to_string(),
-        )
-        .retry_after(1)
-    })?;
+    let (ttl, max) = (
+        settings.config.auth.ticket_ttl,
+        settings.config.auth.max_tickets,
+    );
+    let ticket = state
+        .tickets
+        .issue(grants.subscribe, ttl, max)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_tickets",
+                e.to_string(),
+            )
+            .retry_after(1)
+        })?;
     Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "ticket": ticket, "expires_in": ttl.as_secs() }),

@@ -93,7 +93,8 @@ impl Hub {
                 None => {}
             }
         }
-        if map.len() + plan.load.len() > self.settings.load().max_channels && !plan.load.is_empty() {
+        if map.len() + plan.load.len() > self.settings.load().max_channels && !plan.load.is_empty()
+        {
             return Err(HubError::TooManyChannels(self.settings.load().max_channels));
         }
         for name in &plan.load {

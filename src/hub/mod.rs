@@ -423,8 +423,7 @@ impl Hub {
             g.trim_older_than(oldest_us);
             // A mirror keeps a channel only while it is read (or being followed): its
             // history lives in the backend and is loaded again on the next subscribe.
-            let keep =
-                g.subscribers > 0 || g.is_loading() || (!self.mirror && !g.is_empty());
+            let keep = g.subscribers > 0 || g.is_loading() || (!self.mirror && !g.is_empty());
             if !keep {
                 g.removed = true;
                 self.removed_floor

@@ -99,6 +99,20 @@ impl Drop for TestServer {
     }
 }
 
+/// A config file: `extra_toml` after loopback port-0 listeners and JSON logs, unless it
+/// has `[server]` or `[telemetry]` sections of its own.
+fn config_text(extra_toml: &str) -> String {
+    let mut text = String::new();
+    if !extra_toml.contains("[server]") {
+        text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
+    }
+    if !extra_toml.contains("[telemetry]") {
+        text.push_str("[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n");
+    }
+    text.push_str(extra_toml);
+    text
+}
+
 /// The `herald` binary as a child process, stopped (SIGKILL as a last resort) on drop.
 pub struct HeraldProcess {
     pub child: Child,
@@ -136,17 +150,7 @@ impl HeraldProcess {
     ) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herald.toml");
-        let has_server = extra_toml.contains("[server]");
-        let has_telemetry = extra_toml.contains("[telemetry]");
-        let mut text = String::new();
-        if !has_server {
-            text.push_str("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
-        }
-        if !has_telemetry {
-            text.push_str("[telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n");
-        }
-        text.push_str(extra_toml);
-        std::fs::write(&file, text).unwrap();
+        std::fs::write(&file, config_text(extra_toml)).unwrap();
         let mut child = Command::new(herald_bin())
             .arg("--config")
             .arg(&file)
@@ -201,6 +205,21 @@ impl HeraldProcess {
 
     pub fn admin_url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.admin, path_and_query)
+    }
+
+    /// Replace the config file with `extra_toml` (and the same listeners and logging as
+    /// at the start), for a reload.
+    pub fn rewrite_config(&self, extra_toml: &str) {
+        let file = self.dir.path().join("herald.toml");
+        std::fs::write(file, config_text(extra_toml)).unwrap();
+    }
+
+    /// Send SIGHUP (reload).
+    pub fn hangup(&self) {
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Send SIGTERM.

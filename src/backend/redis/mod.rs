@@ -260,7 +260,9 @@ impl RedisBackend {
         for (channel, _) in events {
             call.key(keys.stream(channel));
         }
-        call.arg(self.max_events()).arg(self.max_age_us()).arg(&keys.events);
+        call.arg(self.max_events())
+            .arg(self.max_age_us())
+            .arg(&keys.events);
         for (channel, body) in events {
             call.arg(channel).arg(body.as_ref());
         }
