@@ -21,11 +21,13 @@
 //! - [`metrics`] — every Prometheus metric, named in one place
 //! - [`server`] — accept loops, sweeper and graceful drain
 //! - [`telemetry`] — logs and OpenTelemetry trace export
+//! - [`doctor`] — `herald doctor`: checks the proxy path the way a browser sees it
 
 pub mod auth;
 pub mod backend;
 pub mod client_ip;
 pub mod config;
+pub mod doctor;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -40,10 +40,86 @@ struct Cli {
 enum Command {
     /// Print the effective configuration, or the error that stops it from loading.
     CheckConfig,
+    /// Check the path in front of herald as a browser sees it (proxy buffering,
+    /// compression, caching, HTTP/2, Last-Event-ID, timeouts); exit 1 when a check fails.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// The events URL browsers use, e.g. https://example.com/events (a bare origin gets
+    /// /events).
+    url: String,
+    /// Publish two test events here (POST), e.g. the admin listener's /publish.
+    #[arg(long, requires = "key")]
+    publish_url: Option<String>,
+    /// Bearer key for --publish-url.
+    #[arg(long, env = "HERALD_DOCTOR_KEY")]
+    key: Option<String>,
+    /// Channel for the test streams and events.
+    #[arg(long, default_value = "herald-doctor")]
+    channel: String,
+    /// Hold a stream idle this many seconds and check that the path keeps it open.
+    #[arg(long)]
+    idle: Option<u64>,
+    /// PEM CA certificate to trust for an https URL (a self-signed proxy).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+/// `herald doctor`: every check printed, exit 1 when one failed, 2 when it cannot run.
+fn doctor(args: DoctorArgs) -> ExitCode {
+    let options = herald::doctor::Options {
+        url: args.url,
+        publish_url: args.publish_url,
+        key: args.key,
+        channel: args.channel,
+        idle: args.idle.map(std::time::Duration::from_secs),
+        ca_file: args.ca_file,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald doctor: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(herald::doctor::run(&options)) {
+        Ok(checks) => {
+            for check in &checks {
+                println!("{}", check.render());
+            }
+            let failed = checks
+                .iter()
+                .filter(|c| c.outcome == herald::doctor::Outcome::Fail)
+                .count();
+            if failed == 0 {
+                println!("doctor: every check passed");
+                ExitCode::SUCCESS
+            } else {
+                println!("doctor: {failed} check(s) failed");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("herald doctor: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // The doctor checks a path from outside: it needs no config of its own.
+    if let Some(Command::Doctor(_)) = cli.command {
+        let Some(Command::Doctor(args)) = cli.command.take() else {
+            unreachable!("matched just above")
+        };
+        return doctor(args);
+    }
     // The objects that will run are built here, once: what check-config accepts is
     // what serves (a JWT key file that cannot be read stops the start).
     let settings = match Config::load(cli.config.as_deref())

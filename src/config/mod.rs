@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod duration;
+pub mod duration;
 
 /// The defaults, embedded in the binary so `herald` runs with no file at all.
 /// `deploy/herald.toml` documents the same keys; a test keeps the two in step.

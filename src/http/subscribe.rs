@@ -7,6 +7,7 @@ use super::response::{self, ApiError, Body};
 use super::stream::SseStream;
 use super::AppState;
 use crate::auth::{bearer, AuthError, Grants};
+use crate::doctor::HEADER as DOCTOR_HEADER;
 use crate::hub::HubError;
 use crate::limits::Refusal;
 use crate::metrics::REQUEST_REFUSALS;
@@ -182,7 +183,29 @@ async fn open<B>(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if req.headers().contains_key(DOCTOR_HEADER) {
+        let seen = doctor_report(req, &request, &settings);
+        if let Ok(value) = HeaderValue::from_str(&seen) {
+            headers.insert(DOCTOR_HEADER, value);
+        }
+    }
     Ok(resp)
+}
+
+/// `version=HTTP/1.1; last-event-id=42; heartbeat=120s`: the request's HTTP version
+/// and `Last-Event-ID` as they reached herald, and the heartbeat interval the proxy's read
+/// timeout must exceed. Nothing secret: no addresses, no credentials.
+fn doctor_report<B>(req: &Request<B>, request: &SubscribeRequest, settings: &Settings) -> String {
+    let last_event_id = request
+        .last_event_id
+        .as_deref()
+        .filter(|id| id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or("none");
+    format!(
+        "version={:?}; last-event-id={last_event_id}; heartbeat={}",
+        req.version(),
+        crate::config::duration::render(settings.config.sse.heartbeat_interval)
+    )
 }
 
 /// What the subscriber may read: from a ticket, else a JWT in `Authorization: Bearer`,
