@@ -214,7 +214,7 @@ fn output_of(cmd: &str, args: &[&str]) -> String {
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it, in `dir`: (CA, certificate, key).
-fn write_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn write_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
