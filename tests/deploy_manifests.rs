@@ -127,6 +127,7 @@ fn the_compose_file_agrees_with_every_file_it_mounts() {
         }
     }
     let public_port = config.server.listen.port();
+    let admin_port = config.server.admin_listen.port();
     let expected: String = nodes
         .iter()
         .map(|n| format!("    server {n}:{public_port} max_fails=0;\n"))
@@ -150,6 +151,45 @@ fn the_compose_file_agrees_with_every_file_it_mounts() {
         format!("nginx publishes its listen port {listen}: {published}"),
     );
 
+    // The image's environment beats the file: it must say what the file says, and its
+    // HEALTHCHECK (which `depends_on: service_healthy` waits for) must ask the admin port.
+    let dockerfile = read("deploy/Dockerfile");
+    let env = |key: &str| {
+        let value = dockerfile
+            .split(&format!("{key}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key} in the Dockerfile"));
+        value.split_whitespace().next().unwrap().to_string()
+    };
+    for (origin, c) in [
+        ("compose-herald.toml", &config),
+        (
+            "the ConfigMap",
+            &herald_config_from("the ConfigMap", &configmap_toml()),
+        ),
+    ] {
+        rules.check(
+            env("HERALD_SERVER__LISTEN") == c.server.listen.to_string()
+                && env("HERALD_SERVER__ADMIN_LISTEN") == c.server.admin_listen.to_string(),
+            format!("the image's HERALD_SERVER__* agree with {origin}"),
+        );
+    }
+    rules.check(
+        dockerfile.contains(&format!("/dev/tcp/127.0.0.1/{admin_port} "))
+            && dockerfile.contains("GET /readyz"),
+        format!("the image's HEALTHCHECK asks /readyz on the admin port {admin_port}"),
+    );
+    rules.check(
+        services["nginx"]["depends_on"]
+            .as_mapping()
+            .is_some_and(|m| {
+                nodes
+                    .iter()
+                    .all(|n| m[n.as_str()]["condition"] == "service_healthy")
+            }),
+        "nginx waits for every node's HEALTHCHECK",
+    );
+
     // Prometheus scrapes every node's admin port and loads the alert rules.
     let prometheus = yaml("deploy/compose-prometheus.yml");
     let targets: Vec<String> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
@@ -158,7 +198,6 @@ fn the_compose_file_agrees_with_every_file_it_mounts() {
         .iter()
         .map(text)
         .collect();
-    let admin_port = config.server.admin_listen.port();
     let expected: Vec<String> = nodes.iter().map(|n| format!("{n}:{admin_port}")).collect();
     rules.check(
         targets == expected,
