@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what herald's test suite needs from Debian's packages, and only what is missing:
 #   nginx (nginx-light where the release has it), libnginx-mod-nchan, redis-server,
-#   prometheus (for promtool), chromium and chromium-driver, and Node.js with npm.
+#   prometheus (for promtool), chromium and chromium-driver, Node.js with npm, curl (the
+#   HTTP/2 client of tests/nginx_kit.rs) and systemd (systemd-analyze, for the unit).
 # Runs `apt-get update` once, and only when something has to be installed. Installing
 # needs root; without it, the script names what is missing and fails.
 # The node packages of the browser test are installed by `make test` (npm ci), not here.
@@ -30,9 +31,11 @@ need chromium test -x /usr/bin/chromium
 need chromium-driver test -x /usr/bin/chromedriver
 need nodejs command -v node
 need npm command -v npm
+need curl test -x /usr/bin/curl
+need systemd test -x /usr/bin/systemd-analyze
 
 if [ ${#missing[@]} -eq 0 ]; then
-    log "all present (nginx, nchan, redis-server, promtool, chromium, chromedriver, node, npm)"
+    log "all present (nginx, nchan, redis-server, promtool, chromium, chromedriver, node, npm, curl, systemd-analyze)"
 else
     if [ "$(id -u)" -ne 0 ]; then
         log "ERROR: missing: ${missing[*]}"

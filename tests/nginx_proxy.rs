@@ -308,14 +308,14 @@ async fn admin_endpoints_and_oversized_bodies_stop_at_nginx() {
 
 #[test]
 fn herald_configs_behind_the_shipped_proxies_load() {
-    // deploy/compose-herald.toml (nginx sidecar) and the Kubernetes ConfigMap (ingress)
+    // deploy/compose-herald.toml (behind the compose nginx) and the Kubernetes ConfigMap (ingress)
     // both trust their proxy; they must stay valid as herald's keys evolve.
     let load = |path: &Path| {
         herald::config::Config::load_with_env(Some(path), Vec::new())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     };
     let compose = load(&repo_path("deploy/compose-herald.toml"));
-    assert_eq!(compose.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(compose.server.listen.to_string(), "0.0.0.0:8080");
 
     // The ConfigMap's `herald.toml: |` block, de-indented.
     let manifest = fs::read_to_string(repo_path("deploy/kubernetes/configmap.yaml")).unwrap();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+pub mod kit;
 pub mod nginx;
 pub mod redis;
 use herald::config::Config;
@@ -28,7 +29,7 @@ pub fn require_tool(path: &str) -> PathBuf {
     assert!(
         p.is_file(),
         "{path} is missing: run scripts/install-test-deps.sh (it installs nginx-light, \
-         prometheus with promtool, redis-server and chromium)"
+         prometheus with promtool, redis-server, chromium, curl and systemd)"
     );
     p
 }
