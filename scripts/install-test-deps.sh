@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what herald's test suite needs from Debian's packages, and only what is missing:
 #   nginx (nginx-light where the release has it), libnginx-mod-nchan, redis-server,
+#   redis-sentinel,
 #   prometheus (for promtool), chromium and chromium-driver, and Node.js with npm.
 # Runs `apt-get update` once, and only when something has to be installed. Installing
 # needs root; without it, the script names what is missing and fails.
@@ -25,6 +26,7 @@ need() { # need PACKAGE CHECK...: add PACKAGE when the CHECK command fails
 need nginx command -v nginx
 need libnginx-mod-nchan installed libnginx-mod-nchan
 need redis-server command -v redis-server
+need redis-sentinel command -v redis-sentinel
 need prometheus command -v promtool
 need chromium test -x /usr/bin/chromium
 need chromium-driver test -x /usr/bin/chromedriver
@@ -32,7 +34,7 @@ need nodejs command -v node
 need npm command -v npm
 
 if [ ${#missing[@]} -eq 0 ]; then
-    log "all present (nginx, nchan, redis-server, promtool, chromium, chromedriver, node, npm)"
+    log "all present (nginx, nchan, redis-server, redis-sentinel, promtool, chromium, chromedriver, node, npm)"
 else
     if [ "$(id -u)" -ne 0 ]; then
         log "ERROR: missing: ${missing[*]}"

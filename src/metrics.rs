@@ -1,8 +1,8 @@
 //! Every Prometheus metric herald exports, named in one place.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -36,12 +36,21 @@ pub struct Metrics {
     pub backend_up: IntGauge,
     /// Redis round trips, by command (`publish`, `load`, `barrier`, `sweep`).
     pub redis_command_seconds: HistogramVec,
-    /// Backend failures, by kind (`connect`, `timeout`, `command`, `probe`).
+    /// Backend failures, by kind (`connect`, `timeout`, `command`, `readonly`, `probe`,
+    /// `sentinel`).
     pub backend_errors: IntCounterVec,
     /// Pub/sub connections re-established after a loss.
     pub backend_reconnects: IntCounter,
     /// Events a node fetched from Redis after a reconnect (missed on pub/sub meanwhile).
     pub backend_caught_up_events: IntCounter,
+    /// Moves of the Redis primary this node followed (Sentinel failovers).
+    pub backend_failovers: IntCounter,
+    /// 1, labelled with the `address` of the Redis primary followed now.
+    pub backend_primary: IntGaugeVec,
+    /// Unix time the node last followed a (new) primary: how long ago the last failover was.
+    pub backend_primary_changed: Gauge,
+    /// Publishes answered 503 because fewer than `replica_acks` replicas had them in time.
+    pub replica_ack_failures: IntCounter,
 }
 
 impl Metrics {
@@ -149,6 +158,33 @@ impl Metrics {
             backend_caught_up_events: counter(
                 "herald_backend_caught_up_events_total",
                 "Events fetched from the backend after a reconnect.",
+            ),
+            backend_failovers: counter(
+                "herald_backend_failovers_total",
+                "Moves of the Redis primary followed (Sentinel failovers).",
+            ),
+            backend_primary: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "herald_backend_primary",
+                        "1 for the Redis primary followed now, by address.",
+                    ),
+                    &["address"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_primary_changed: reg(
+                &registry,
+                Gauge::new(
+                    "herald_backend_primary_changed_timestamp_seconds",
+                    "Unix time the node last followed a new Redis primary.",
+                )
+                .expect("valid metric"),
+            ),
+            replica_ack_failures: counter(
+                "herald_backend_replica_ack_failures_total",
+                "Publishes refused because too few replicas acknowledged them in time.",
             ),
             registry,
         }

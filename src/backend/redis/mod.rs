@@ -3,12 +3,15 @@
 //! A node holds two Redis connections whatever its number of streams and channels: a
 //! multiplexed command connection (publishes, history loads, barriers; concurrent
 //! requests are pipelined on it) and one pub/sub connection on which every event arrives
-//! once ([`reader`]). The data layout and the scripts are in [`scripts`].
+//! once ([`reader`]); a third carries publishes when they wait for replicas
+//! (`replica_acks`). They go to the primary, which Sentinel may move ([`primary`]).
+//! The data layout and the scripts are in [`scripts`].
 //!
 //! A subscribe on a channel the node does not follow yet loads its history into the hub
 //! (see `hub::mirror`): one script call and one barrier round trip, then the stream is
 //! served from the node's ring like with the memory backend, and so are later resumes.
 
+mod primary;
 mod publisher;
 mod reader;
 mod scripts;
@@ -18,8 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::ConnectionManager;
-use ::redis::{Client, Value};
+use ::redis::{ErrorKind, ServerErrorKind, Value};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,7 @@ use crate::config::{redact_url_password, Config};
 use crate::hub::{FollowStatus, Hub, HubError, NewEvent, Retained, Subscription};
 use crate::metrics::Metrics;
 use crate::sse;
+use primary::Primary;
 use scripts::{Keys, Scripts};
 
 /// Channels per history-load script call: a catch-up of many channels is split so that
@@ -45,11 +48,14 @@ struct Settings {
     sweep_interval: Duration,
     max_events: usize,
     max_age_us: u64,
+    /// Replicas that must have a publish before it is answered (0: off).
+    replica_acks: u32,
+    replica_ack_timeout: Duration,
 }
 
 pub struct RedisBackend {
-    client: Client,
-    commands: ConnectionManager,
+    /// Where commands and pub/sub go; follows Sentinel failovers.
+    primary: Arc<Primary>,
     keys: Keys,
     scripts: Scripts,
     /// This node's name in barriers, so it recognises its own.
@@ -65,7 +71,7 @@ pub struct RedisBackend {
     up: AtomicBool,
     /// Redis answered at least once since the start (readiness).
     reached: AtomicBool,
-    /// The URL with its password masked, for logs.
+    /// The URL with its password masked (and the master name with Sentinel), for logs.
     display_url: String,
     /// Publishes waiting for the group commit (see `publisher`).
     publish_queue: tokio::sync::mpsc::Sender<publisher::Request>,
@@ -76,35 +82,20 @@ pub struct RedisBackend {
 impl RedisBackend {
     pub fn new(config: &Config, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let redis = &config.backend.redis;
-        let display_url = redact_url_password(&redis.url);
-        let client = if redis.tls_ca_file.is_empty() {
-            Client::open(redis.url.as_str())
-        } else {
-            let root_cert = std::fs::read(&redis.tls_ca_file)
-                .map_err(|e| format!("backend.redis.tls_ca_file: {e}"))?;
-            Client::build_with_tls(
-                redis.url.as_str(),
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )
+        let mut display_url = redact_url_password(&redis.url);
+        if !redis.sentinels.is_empty() {
+            display_url = format!(
+                "{display_url} (address from sentinels {} for {:?})",
+                redis.sentinels.join(","),
+                redis.master_name
+            );
         }
-        .map_err(|e| format!("backend.redis.url: {e}"))?;
-        let manager_config = ::redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_response_timeout(Some(redis.command_timeout))
-            .set_min_delay(redis.reconnect_backoff_min)
-            .set_max_delay(redis.reconnect_backoff_max)
-            .set_number_of_retries(2);
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| format!("backend.redis.url: {e}"))?;
+        let primary = Arc::new(Primary::new(redis, metrics.clone())?);
         let node = format!("{:016x}", rand::random::<u64>());
         let (publish_queue, publish_requests) = tokio::sync::mpsc::channel(publisher::QUEUE);
         metrics.backend_up.set(0);
         Ok(Arc::new(Self {
-            client,
-            commands,
+            primary,
             keys: Keys::new(&redis.key_prefix),
             scripts: Scripts::new(),
             node,
@@ -121,6 +112,8 @@ impl RedisBackend {
                 sweep_interval: config.history.sweep_interval,
                 max_events: config.history.max_events,
                 max_age_us: config.history.max_age.as_micros() as u64,
+                replica_acks: redis.replica_acks,
+                replica_ack_timeout: redis.replica_ack_timeout,
             },
             up: AtomicBool::new(false),
             reached: AtomicBool::new(false),
@@ -176,8 +169,20 @@ impl RedisBackend {
         command: &'static str,
         call: impl Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
+        self.timed_within(command, self.settings.command_timeout, call)
+            .await
+    }
+
+    /// One command with its own time limit, timed and counted. A failure that may mean
+    /// the primary moved (connection lost, no answer, `READONLY`) asks Sentinel again.
+    async fn timed_within<T>(
+        &self,
+        command: &'static str,
+        limit: Duration,
+        call: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.settings.command_timeout, call).await;
+        let result = tokio::time::timeout(limit, call).await;
         self.metrics
             .redis_command_seconds
             .with_label_values(&[command])
@@ -188,14 +193,17 @@ impl RedisBackend {
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
                 ("connect", e.to_string())
             }
+            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+                ("readonly", e.to_string())
+            }
             Ok(Err(e)) => ("command", e.to_string()),
-            Err(_) => (
-                "timeout",
-                format!("no answer within {:?}", self.settings.command_timeout),
-            ),
+            Err(_) => ("timeout", format!("no answer within {limit:?}")),
         };
         self.metrics.backend_errors.with_label_values(&[kind]).inc();
         tracing::warn!(command, kind, error = %message, "redis command failed");
+        if kind != "command" {
+            self.primary.refresh_soon();
+        }
         Err(BackendError::Unavailable(format!("{command}: {message}")))
     }
 
@@ -244,13 +252,65 @@ impl RedisBackend {
         for (channel, body) in events {
             call.arg(channel).arg(body.as_ref());
         }
-        let mut conn = self.commands.clone();
-        let answer: Vec<u64> = self.timed("publish", call.invoke_async(&mut conn)).await?;
+        let (answer, acks) = if self.settings.replica_acks == 0 {
+            let mut conn = self.primary.commands()?;
+            let answer = self.timed("publish", call.invoke_async(&mut conn)).await?;
+            (answer, None)
+        } else {
+            let (answer, acks) = self.publish_and_wait(&call).await?;
+            (answer, Some(acks))
+        };
         let (epoch, ids) = answer
             .split_first()
             .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
         self.hub.rebase(*epoch);
-        Ok(ids.to_vec())
+        let wanted = self.settings.replica_acks;
+        match acks {
+            Some(acks) if acks < u64::from(wanted) => {
+                self.metrics.replica_ack_failures.inc();
+                let timeout = self.settings.replica_ack_timeout;
+                tracing::warn!(
+                    acks,
+                    wanted,
+                    ?timeout,
+                    "too few replicas acknowledged a publish"
+                );
+                Err(BackendError::Unavailable(format!(
+                    "publish: {acks} of {wanted} replicas acknowledged within {timeout:?} \
+                     (the event was published and may still appear)"
+                )))
+            }
+            _ => Ok(ids.to_vec()),
+        }
+    }
+
+    /// The publish script and `WAIT` for `replica_acks` replicas, pipelined on the
+    /// publish connection: a `WAIT` covers every earlier write of its connection, and
+    /// in one pipeline nothing can reconnect between the two (a `WAIT` on a fresh
+    /// connection would count replicas that never saw the script). Its answer and the
+    /// number of replicas that acknowledged.
+    async fn publish_and_wait(
+        &self,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<(Vec<u64>, u64), BackendError> {
+        let timeout = self.settings.replica_ack_timeout;
+        let mut pipe = ::redis::pipe();
+        pipe.invoke_script(call)
+            .cmd("WAIT")
+            .arg(self.settings.replica_acks)
+            .arg(timeout.as_millis() as u64);
+        let mut conn = self.primary.publishes()?;
+        let run = async {
+            match pipe.query_async(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    call.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        self.timed_within("publish", self.settings.command_timeout + timeout, run)
+            .await
     }
 
     /// A call of `script` with the five keys and the argument every script starts with.
@@ -339,7 +399,7 @@ impl RedisBackend {
             for (name, after) in chunk {
                 call.arg(name).arg(*after);
             }
-            let mut conn = self.commands.clone();
+            let mut conn = self.primary.commands()?;
             let answer: Value = self.timed("load", call.invoke_async(&mut conn)).await?;
             let answer = LoadAnswer::parse(answer, chunk.len())
                 .ok_or_else(|| BackendError::Unavailable("load: unexpected answer".into()))?;
@@ -360,7 +420,7 @@ impl RedisBackend {
     }
 
     async fn send_barrier(&self, n: u64) -> Result<(), BackendError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.primary.commands()?;
         let message = format!("!{}:{n}", self.node);
         let mut publish = ::redis::cmd("PUBLISH");
         publish.arg(&self.keys.events).arg(message);
@@ -428,7 +488,7 @@ impl RedisBackend {
         call.arg(self.settings.max_age_us)
             .arg(keys.stream(""))
             .arg(SWEEP_LIMIT);
-        let mut conn = self.commands.clone();
+        let mut conn = self.primary.commands()?;
         self.timed("sweep", call.invoke_async(&mut conn)).await
     }
 }
