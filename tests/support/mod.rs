@@ -15,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 
 pub mod nginx;
 pub mod redis;
+pub mod sentinel;
 use herald::config::Config;
 
 /// The repository root (where Cargo.toml is).
@@ -28,7 +29,7 @@ pub fn require_tool(path: &str) -> PathBuf {
     assert!(
         p.is_file(),
         "{path} is missing: run scripts/install-test-deps.sh (it installs nginx-light, \
-         prometheus with promtool, redis-server and chromium)"
+         prometheus with promtool, redis-server, redis-sentinel and chromium)"
     );
     p
 }
