@@ -11,6 +11,7 @@
 //! (see `hub::mirror`): one script call and one barrier round trip, then the stream is
 //! served from the node's ring like with the memory backend, and so are later resumes.
 
+mod announcements;
 mod primary;
 mod publisher;
 mod reader;
@@ -127,6 +128,9 @@ impl RedisBackend {
     pub fn spawn_tasks(self: Arc<Self>, stop: CancellationToken) {
         tracing::info!(url = %self.display_url, prefix = %self.keys.prefix, "redis backend");
         tokio::spawn(reader::run(self.clone(), stop.clone()));
+        if self.primary.uses_sentinel() {
+            tokio::spawn(announcements::run(self.primary.clone(), stop.clone()));
+        }
         let requests = self
             .publish_requests
             .lock()

@@ -10,6 +10,7 @@
 //! pub/sub connect attempt (so a failover looks like a reconnect to a new address, with
 //! its catch-up) and any command failing on a connection error, a timeout or `READONLY`.
 //! A move bumps [`Primary::moved`], which makes the reader leave the old address at once.
+//! Sentinel's own announcement of a failover is listened to in [`super::announcements`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -111,6 +112,28 @@ impl Primary {
 
     pub fn uses_sentinel(&self) -> bool {
         !self.sentinels.is_empty()
+    }
+
+    /// `redis://host:port/` of each sentinel, in the configured order.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|(host, port)| format!("redis://{}/", join_host_port(host, *port)))
+            .collect()
+    }
+
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// `(connect_timeout, command_timeout)`.
+    pub fn timeouts(&self) -> (Duration, Duration) {
+        (self.connect_timeout, self.command_timeout)
+    }
+
+    /// `(reconnect_backoff_min, reconnect_backoff_max)`.
+    pub fn backoff(&self) -> (Duration, Duration) {
+        self.backoff
     }
 
     /// The primary followed now; `None` until Sentinel named one.
