@@ -60,13 +60,17 @@ async fn serve(
     again: bool,
 ) -> Option<String> {
     let settings = &backend.settings;
-    if let Err(e) = backend.primary.refresh().await {
-        return Some(format!("no primary: {e}"));
-    }
+    // Sentinels that do not answer leave the primary as it was: it may still be there.
+    let refreshed = backend.primary.refresh().await;
     moved.borrow_and_update();
     let Some(primary) = backend.primary.current() else {
-        return Some("no primary known".into());
+        let why = refreshed.err().unwrap_or_default();
+        return Some(format!("no primary known: {why}"));
     };
+    if let Err(e) = refreshed {
+        tracing::warn!(error = %e, primary = %primary.address,
+            "sentinels named no primary; trying the last one");
+    }
     let connect = primary.client.get_async_pubsub();
     let mut pubsub = match tokio::time::timeout(settings.connect_timeout, connect).await {
         Ok(Ok(pubsub)) => pubsub,
