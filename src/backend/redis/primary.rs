@@ -104,6 +104,11 @@ impl Primary {
                 (Some(host), None) => format!("{host}:6379"),
                 _ => String::new(),
             };
+            primary
+                .metrics
+                .backend_primary
+                .with_label_values(&[&address])
+                .set(1);
             let current = primary.connect(primary.url.as_str(), address)?;
             *primary.lock() = Some(current);
         }
