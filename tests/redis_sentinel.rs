@@ -351,8 +351,20 @@ async fn too_few_replica_acks_answer_503_and_the_event_may_still_appear() {
     stream.expect_preamble().await;
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let refused = try_publish(&client, &node.url("/publish"), "alpha", "unreplicated").await;
-    assert_eq!(refused, None, "accepted with no replica to acknowledge it");
+    let (status, body) = post(
+        &client,
+        &node.url("/publish"),
+        Some("application/json"),
+        json!({"channel": "alpha", "data": "unreplicated"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        status, 503,
+        "accepted with no replica to acknowledge it: {body}"
+    );
+    assert_eq!(body["error"], "backend_unavailable", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("may still appear"), "{body}");
     assert!(
         started.elapsed() >= Duration::from_millis(100),
         "answered before replica_ack_timeout"
