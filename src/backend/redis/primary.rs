@@ -3,10 +3,10 @@
 //!
 //! A `ConnectionManager` is bound to one address, so the command connection and the
 //! client the pub/sub reader connects with are kept here and replaced together when the
-//! primary moves. With Sentinel, [`Primary::refresh`] asks the sentinels in order for the
-//! primary of `master_name` and follows an answer only once that address itself says
-//! `ROLE` master: a sentinel that has not seen the failover yet, or an old primary back
-//! as a replica, is not followed. Refreshes come from whoever loses the primary: every
+//! primary moves. With Sentinel, [`Primary::refresh`] asks every sentinel at once for the
+//! primary of `master_name`, takes the view with the newest configuration epoch, and
+//! follows it only once that address itself says `ROLE` master: a sentinel that has not
+//! seen the failover yet, or an old primary back as a replica, is not followed. Refreshes come from whoever loses the primary: every
 //! pub/sub connect attempt (so a failover looks like a reconnect to a new address, with
 //! its catch-up) and any command failing on a connection error, a timeout or `READONLY`.
 //! A move bumps [`Primary::moved`], which makes the reader leave the old address at once.
