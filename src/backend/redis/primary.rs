@@ -147,15 +147,18 @@ impl Primary {
     }
 
     pub fn commands(self: &Arc<Self>) -> Result<ConnectionManager, BackendError> {
-        Ok(self.known()?.commands)
+        self.known(|c| c.commands.clone())
     }
 
     pub fn publishes(self: &Arc<Self>) -> Result<ConnectionManager, BackendError> {
-        Ok(self.known()?.publishes)
+        self.known(|c| c.publishes.clone())
     }
 
-    fn known(self: &Arc<Self>) -> Result<Current, BackendError> {
-        self.current().ok_or_else(|| {
+    /// `pick` of the current primary (only what the caller needs is cloned: this runs for
+    /// every command).
+    fn known<T>(self: &Arc<Self>, pick: impl FnOnce(&Current) -> T) -> Result<T, BackendError> {
+        let picked = self.lock().as_ref().map(pick);
+        picked.ok_or_else(|| {
             self.refresh_soon();
             BackendError::Unavailable("no redis primary known yet (no sentinel named one)".into())
         })
