@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{json, Value};
 use support::sentinel::{SentinelSet, MASTER_NAME};
 
-/// Longest wait for the failover to be over (Sentinel: 0.5 s to notice, then an election
+/// Longest wait for the failover to be over (Sentinel: 1 s to notice, then an election
 /// and the promotion) and for the nodes to publish again.
 const FAILOVER: Duration = Duration::from_secs(20);
 const CHANNELS: [&str; 2] = ["alpha", "beta"];
@@ -130,8 +130,9 @@ struct Outcome {
 }
 
 /// Two nodes with subscribers, a publisher flood, the primary SIGKILLed. Checks what
-/// holds with or without replica acknowledgement: the nodes follow the new primary (one
-/// failover each, the new address in `herald_backend_primary`); publishes are accepted
+/// holds with or without replica acknowledgement: the nodes follow the new primary (a
+/// failover counted for each switch Sentinel made, the new address in
+/// `herald_backend_primary`); publishes are accepted
 /// again; no ID is handed out twice and each publisher's IDs rise across the switch;
 /// every subscriber receives events in strictly rising ID order (so none twice), only
 /// published ones (a refused one may appear: it may have been published), and loses
@@ -185,21 +186,29 @@ async fn fail_over_under_load(replica_acks: u32) -> Outcome {
     let before = *accepted.borrow();
     // Publishing goes on through the switch; once Sentinel has promoted a replica and
     // both nodes follow it, 300 more are accepted.
-    let promoted = wait_until(FAILOVER, || set.agreed_primary(Some(0)).is_some()).await;
-    assert!(promoted, "the sentinels never agreed on a new primary");
-    let new_primary = set.redis[set.agreed_primary(Some(0)).unwrap()].port;
-    let address = format!("herald_backend_primary{{address=\"127.0.0.1:{new_primary}\"}}");
-    for n in &nodes {
-        let followed = wait_for(FAILOVER, || async {
-            metric_value(&get_text(&n.admin_url("/metrics")).await.1, &address) == Some(1.0)
-        })
-        .await;
-        assert!(
-            followed,
-            "node {} never followed 127.0.0.1:{new_primary}",
-            n.admin
+    // The primary the sentinels agree on now, and both nodes on it: asked again on every
+    // poll, since under load Sentinel may switch more than once.
+    let on_new_primary = wait_for(FAILOVER, || async {
+        let Some(at) = set.agreed_primary(Some(0)) else {
+            return false;
+        };
+        let address = format!(
+            "herald_backend_primary{{address=\"127.0.0.1:{}\"}}",
+            set.redis[at].port
         );
-    }
+        for n in &nodes {
+            let text = get_text(&n.admin_url("/metrics")).await.1;
+            if metric_value(&text, &address) != Some(1.0) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        on_new_primary,
+        "the sentinels never agreed on a new primary, or the nodes never followed it"
+    );
     let followed = killed.elapsed();
     wait_accepted(before + 300).await;
     stop.cancel();
@@ -210,13 +219,31 @@ async fn fail_over_under_load(replica_acks: u32) -> Outcome {
     let client = reqwest::Client::new();
     let end = publish_data(&client, &urls[0], "alpha", "end").await;
 
+    // Each node followed every switch Sentinel made, or several at once.
+    let switches = set.switches();
     let mut replica_ack_failures = 0.0;
     for n in &nodes {
         let text = get_text(&n.admin_url("/metrics")).await.1;
-        let failovers = metric_value(&text, "herald_backend_failovers_total");
-        assert_eq!(failovers, Some(1.0), "node {}", n.admin);
+        let failovers = metric_value(&text, "herald_backend_failovers_total").unwrap_or(0.0);
+        if !(1.0..=switches as f64).contains(&failovers) {
+            let moves: Vec<String> = n
+                .stderr_text()
+                .lines()
+                .filter(|l| l.contains("primary") || l.contains("sentinel"))
+                .map(String::from)
+                .collect();
+            let logs: Vec<String> = set.sentinels.iter().map(|s| s.log()).collect();
+            panic!(
+                "node {} followed {failovers} failovers, Sentinel made {switches}: \
+                 {moves:#?}\nsentinels: {logs:#?}",
+                n.admin
+            );
+        }
         replica_ack_failures +=
             metric_value(&text, "herald_backend_replica_ack_failures_total").unwrap_or(0.0);
+    }
+    if switches > 1 {
+        eprintln!("Sentinel switched the primary {switches} times in this run");
     }
 
     // IDs: each handed out once, rising per publisher, all below the final one.

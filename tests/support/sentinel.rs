@@ -1,7 +1,8 @@
 //! A replicated Redis watched by Sentinel, for a test: one primary and two replicas
 //! (`redis-server --replicaof`) and three `redis-sentinel` (quorum 2), each process on its
 //! own loopback port with its own temp dir, stopped by its pid on drop. Failure detection
-//! is quick (`down-after-milliseconds` 500) so a failover takes seconds, not a minute.
+//! is quick (`down-after-milliseconds` 1000) so a failover takes seconds, not a minute;
+//! not quicker, or a busy machine's pause reads as a death and Sentinel switches again.
 #![allow(dead_code)]
 
 use std::net::TcpStream;
@@ -36,9 +37,9 @@ impl Sentinel {
                 &conf,
                 format!(
                     "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
-                     dir {dir}\nlogfile \"\"\n\
+                     dir {dir}\nlogfile \"{dir}/sentinel.log\"\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 500\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
                      sentinel parallel-syncs {MASTER_NAME} 2\n",
                     dir = dir.path().display()
@@ -65,6 +66,11 @@ impl Sentinel {
             }
         }
         panic!("redis-sentinel did not start on a loopback port");
+    }
+
+    /// What this sentinel logged (its view of the failover).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
     pub fn address(&self) -> String {
@@ -146,6 +152,16 @@ impl SentinelSet {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How many times the primary was switched: the most `+switch-master` any sentinel
+    /// logged (each logs the switches it learnt of).
+    pub fn switches(&self) -> usize {
+        self.sentinels
+            .iter()
+            .map(|s| s.log().matches("+switch-master").count())
+            .max()
+            .unwrap_or(0)
     }
 
     /// `backend.redis.sentinels` for herald.
