@@ -124,6 +124,8 @@ struct Outcome {
     followed: Duration,
     accepted: usize,
     refused: usize,
+    /// Median time to a 200 before the kill (what waiting for a replica costs).
+    median_publish: Duration,
     /// Per subscriber: acknowledged publishes it never received.
     lost: Vec<usize>,
     replica_ack_failures: f64,
@@ -292,6 +294,13 @@ async fn fail_over_under_load(replica_acks: u32) -> Outcome {
         "an ID after the failover is not above {highest_before}"
     );
     let recovery = first_after.answered - killed;
+    let mut before_kill: Vec<Duration> = all
+        .iter()
+        .filter(|a| a.answered < killing && a.id.is_some())
+        .map(|a| a.answered - a.sent)
+        .collect();
+    before_kill.sort();
+    let median_publish = before_kill[before_kill.len() / 2];
     let refused: HashSet<&str> = all
         .iter()
         .filter(|a| a.id.is_none())
@@ -333,6 +342,7 @@ async fn fail_over_under_load(replica_acks: u32) -> Outcome {
     Outcome {
         recovery,
         followed,
+        median_publish,
         accepted: published.len(),
         refused: refused.len(),
         lost,
@@ -344,8 +354,15 @@ fn report(label: &str, o: &Outcome) {
     eprintln!(
         "sentinel failover ({label}): publishes accepted again {:?} after the SIGKILL, \
          both nodes on the new primary by {:?}; {} accepted, {} refused (503), {} \
-         replica-ack failures; acknowledged but lost per subscriber: {:?}",
-        o.recovery, o.followed, o.accepted, o.refused, o.replica_ack_failures, o.lost
+         replica-ack failures; acknowledged but lost per subscriber: {:?}; median \
+         publish before the kill {:?}",
+        o.recovery,
+        o.followed,
+        o.accepted,
+        o.refused,
+        o.replica_ack_failures,
+        o.lost,
+        o.median_publish
     );
 }
 
