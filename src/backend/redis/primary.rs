@@ -18,9 +18,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncConnectionConfig, Client, Value};
 
+use futures_util::StreamExt;
+
 use crate::backend::BackendError;
 use crate::config::{parse_host_port, RedisConfig};
 use crate::metrics::Metrics;
+
+/// How long the slower sentinels still get once a majority has answered.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(100);
 
 /// The primary followed now.
 #[derive(Clone)]
@@ -208,21 +213,7 @@ impl Primary {
     }
 
     async fn resolve_and_follow(&self) -> Result<(), String> {
-        // All at once: one unreachable sentinel must not delay the others' answers.
-        let asked = futures_util::future::join_all(
-            self.sentinels
-                .iter()
-                .map(|(host, port)| self.ask_sentinel(host, *port)),
-        )
-        .await;
-        let mut reasons = Vec::new();
-        let mut answers = Vec::new();
-        for ((host, port), answer) in self.sentinels.iter().zip(asked) {
-            match answer {
-                Ok(answer) => answers.push(answer),
-                Err(e) => reasons.push(format!("sentinel {}: {e}", join_host_port(host, *port))),
-            }
-        }
+        let (mut answers, mut reasons) = self.ask_sentinels().await;
         // The newest configuration first: a sentinel that missed the failover still
         // names the old primary, under an older epoch.
         answers.sort_by_key(|a| std::cmp::Reverse(a.epoch));
@@ -252,6 +243,46 @@ impl Primary {
             reasons.push("no sentinel answered".into());
         }
         Err(reasons.join("; "))
+    }
+
+    /// Every sentinel's view, asked all at once; the reasons of those that gave none.
+    /// Once a majority has answered, the others get `STRAGGLER_GRACE` more: a sentinel
+    /// that is unreachable by timeout must not hold every refresh for `connect_timeout`,
+    /// yet one that answers a moment later may be the only one to know of the failover.
+    async fn ask_sentinels(&self) -> (Vec<SentinelView>, Vec<String>) {
+        let mut pending: futures_util::stream::FuturesUnordered<_> = self
+            .sentinels
+            .iter()
+            .map(|(host, port)| async move {
+                let answer = self.ask_sentinel(host, *port).await;
+                (join_host_port(host, *port), answer)
+            })
+            .collect();
+        let majority = self.sentinels.len() / 2 + 1;
+        let mut answers = Vec::new();
+        let mut reasons = Vec::new();
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                None => pending.next().await,
+                Some(until) => match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        reasons.push(format!("{} sentinel(s) too slow", pending.len()));
+                        break;
+                    }
+                },
+            };
+            let Some((address, answer)) = next else { break };
+            match answer {
+                Ok(view) => answers.push(view),
+                Err(e) => reasons.push(format!("sentinel {address}: {e}")),
+            }
+            if grace.is_none() && answers.len() >= majority {
+                grace = Some(tokio::time::Instant::now() + STRAGGLER_GRACE);
+            }
+        }
+        (answers, reasons)
     }
 
     /// `SENTINEL MASTER <name>` on one sentinel: where it says the primary is, and the
