@@ -1,7 +1,9 @@
 //! `backend.redis.sentinels`: herald on a replicated Redis watched by Sentinel (three
 //! `redis-server`, three `redis-sentinel`, two herald nodes, all on loopback ports started
-//! by the test) while the primary is SIGKILLed under a publish flood. With
-//! `replica_acks = 1` no acknowledged publish is lost; without, the loss is measured.
+//! by the test) while the primary is SIGKILLed under a publish flood, plainly or with its
+//! replicas cut off just before. With `replica_acks = 1` no acknowledged publish is lost,
+//! neither by streams open throughout nor from the history; without, the loss is
+//! measured and printed.
 
 mod common;
 mod support;
