@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what herald's test suite needs from Debian's packages, and only what is missing:
 #   nginx (nginx-light where the release has it), libnginx-mod-nchan, redis-server,
-#   prometheus (for promtool), chromium and chromium-driver, Node.js with npm, curl (the
-#   HTTP/2 client of tests/nginx_kit.rs) and systemd (systemd-analyze, for the unit).
+#   redis-sentinel, prometheus (for promtool), chromium and chromium-driver, Node.js with
+#   npm, curl (the HTTP/2 client of tests/nginx_kit.rs) and systemd (systemd-analyze, for
+#   the unit).
 # Runs `apt-get update` once, and only when something has to be installed. Installing
 # needs root; without it, the script names what is missing and fails.
 # The node packages of the browser test are installed by `make test` (npm ci), not here.
@@ -26,6 +27,7 @@ need() { # need PACKAGE CHECK...: add PACKAGE when the CHECK command fails
 need nginx command -v nginx
 need libnginx-mod-nchan installed libnginx-mod-nchan
 need redis-server command -v redis-server
+need redis-sentinel command -v redis-sentinel
 need prometheus command -v promtool
 need chromium test -x /usr/bin/chromium
 need chromium-driver test -x /usr/bin/chromedriver
@@ -35,7 +37,7 @@ need curl test -x /usr/bin/curl
 need systemd test -x /usr/bin/systemd-analyze
 
 if [ ${#missing[@]} -eq 0 ]; then
-    log "all present (nginx, nchan, redis-server, promtool, chromium, chromedriver, node, npm, curl, systemd-analyze)"
+    log "all present (nginx, nchan, redis-server, redis-sentinel, promtool, chromium, chromedriver, node, npm, curl, systemd-analyze)"
 else
     if [ "$(id -u)" -ne 0 ]; then
         log "ERROR: missing: ${missing[*]}"

@@ -66,7 +66,9 @@ pub const REQUEST_REFUSALS: &[&str] = &[
     "too_many_tickets",
 ];
 /// Kinds of backend failure (`herald_backend_errors_total{kind}`).
-pub const BACKEND_ERROR_KINDS: &[&str] = &["connect", "timeout", "command", "probe"];
+pub const BACKEND_ERROR_KINDS: &[&str] = &[
+    "connect", "timeout", "command", "readonly", "probe", "sentinel",
+];
 /// Redis commands timed (`herald_redis_command_duration_seconds{command}`).
 pub const REDIS_COMMANDS: &[&str] = &["publish", "load", "barrier", "sweep"];
 
@@ -129,7 +131,8 @@ pub struct Metrics {
     pub backend_up: IntGauge,
     /// Redis round trips, by command (`publish`, `load`, `barrier`, `sweep`).
     pub redis_command_seconds: HistogramVec,
-    /// Backend failures, by kind (`connect`, `timeout`, `command`, `probe`).
+    /// Backend failures, by kind (`connect`, `timeout`, `command`, `readonly`, `probe`,
+    /// `sentinel`).
     pub backend_errors: IntCounterVec,
     /// Pub/sub connections re-established after a loss.
     pub backend_reconnects: IntCounter,
@@ -141,6 +144,14 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     /// When the config in force was loaded (start or successful reload), Unix seconds.
     pub config_last_reload_success_time: Gauge,
+    /// Moves of the Redis primary this node followed (Sentinel failovers).
+    pub backend_failovers: IntCounter,
+    /// 1, labelled with the `address` of the Redis primary followed now.
+    pub backend_primary: IntGaugeVec,
+    /// Unix time the node last followed a (new) primary: how long ago the last failover was.
+    pub backend_primary_changed: Gauge,
+    /// Publishes answered 503 because fewer than `replica_acks` replicas had them in time.
+    pub replica_ack_failures: IntCounter,
 }
 
 impl Metrics {
@@ -348,6 +359,33 @@ impl Metrics {
                     "When the config in force was loaded, in Unix seconds.",
                 )
                 .expect("valid metric"),
+            ),
+            backend_failovers: counter(
+                "herald_backend_failovers_total",
+                "Moves of the Redis primary followed (Sentinel failovers).",
+            ),
+            backend_primary: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "herald_backend_primary",
+                        "1 for the Redis primary followed now, by address.",
+                    ),
+                    &["address"],
+                )
+                .expect("valid metric"),
+            ),
+            backend_primary_changed: reg(
+                &registry,
+                Gauge::new(
+                    "herald_backend_primary_changed_timestamp_seconds",
+                    "Unix time the node last followed a new Redis primary.",
+                )
+                .expect("valid metric"),
+            ),
+            replica_ack_failures: counter(
+                "herald_backend_replica_ack_failures_total",
+                "Publishes refused because too few replicas acknowledged them in time.",
             ),
             registry,
         }

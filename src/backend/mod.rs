@@ -24,7 +24,8 @@ pub enum BackendError {
     #[error(transparent)]
     Hub(#[from] HubError),
     /// The backend cannot be reached, or did not answer in time. Unreachable: nothing was
-    /// published. No answer in time: Redis may still have run the script.
+    /// published. No answer in time: Redis may still have run the script. Too few
+    /// replicas acknowledged (`replica_acks`): it was published, and may still appear.
     #[error("the backend is unavailable: {0}")]
     Unavailable(String),
 }

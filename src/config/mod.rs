@@ -228,6 +228,21 @@ pub struct RedisConfig {
     /// itself must come back within `command_timeout`).
     #[serde(with = "duration")]
     pub health_interval: Duration,
+    /// Redis Sentinel addresses (`host:port`), asked in order for the primary of
+    /// `master_name`; empty: no Sentinel, `url` names the one Redis. With Sentinel, `url`
+    /// still gives the scheme, credentials and database of the data nodes; its host and
+    /// port are replaced by the primary's.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// A publish is answered 200 only once this many replicas have it (Redis `WAIT`);
+    /// 0 answers as soon as the primary has it. Why: replication is asynchronous, so a
+    /// primary that dies can take acknowledged events with it.
+    pub replica_acks: u32,
+    /// Longest wait for `replica_acks` replicas; fewer by then answers 503 (the event
+    /// was published and may still appear).
+    #[serde(with = "duration")]
+    pub replica_ack_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +318,7 @@ impl Config {
                 .with_list_parse_key("server.trusted_proxies")
                 .with_list_parse_key("server.cors_allowed_origins")
                 .with_list_parse_key("telemetry.metrics_channel_groups")
+                .with_list_parse_key("backend.redis.sentinels")
                 .try_parsing(true)
                 .source(Some(env)),
         );
@@ -633,8 +649,64 @@ impl RedisConfig {
                 "must not be below backend.redis.reconnect_backoff_min".into(),
             ));
         }
+        self.validate_replication()
+    }
+
+    /// The Sentinel and replica-acknowledgement keys.
+    fn validate_replication(&self) -> Result<(), (&'static str, String)> {
+        for address in &self.sentinels {
+            if parse_host_port(address).is_none() {
+                return Err((
+                    "backend.redis.sentinels",
+                    format!("{address:?} is not host:port"),
+                ));
+            }
+        }
+        let name = self.master_name.as_str();
+        match (self.sentinels.is_empty(), name.is_empty()) {
+            (false, true) => {
+                return Err((
+                    "backend.redis.master_name",
+                    "must be set when backend.redis.sentinels is".into(),
+                ))
+            }
+            (true, false) => {
+                return Err((
+                    "backend.redis.sentinels",
+                    "must list the sentinels when backend.redis.master_name is set".into(),
+                ))
+            }
+            _ => {}
+        }
+        if name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                "backend.redis.master_name",
+                "must be at most 64 printable ASCII characters without spaces".into(),
+            ));
+        }
+        if self.replica_acks > 32 {
+            return Err(("backend.redis.replica_acks", "must be at most 32".into()));
+        }
+        if self.replica_acks > 0 && self.replica_ack_timeout < Duration::from_millis(1) {
+            return Err((
+                "backend.redis.replica_ack_timeout",
+                "must be at least 1ms when backend.redis.replica_acks is set".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+/// `host:port` (`[v6]:port` too) with a non-zero port; `(host, port)`.
+pub fn parse_host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let valid = !host.is_empty() && !host.contains(['/', '@', ' ', '[', ']']);
+    valid.then(|| (host.to_string(), port))
 }
 
 /// `url` with its password replaced, for logs and `check-config`.
@@ -746,6 +818,38 @@ mod tests {
                 "[backend]\nkind = \"redis\"\n[backend.redis]\ntls_ca_file = \"/nonexistent\"\n",
                 "backend.redis.tls_ca_file",
             ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nsentinels = [\"127.0.0.1\"]\nmaster_name = \"m\"\n",
+                "backend.redis.sentinels",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nsentinels = [\"h:0\"]\nmaster_name = \"m\"\n",
+                "backend.redis.sentinels",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nsentinels = [\"127.0.0.1:26379\"]\n",
+                "backend.redis.master_name",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nmaster_name = \"m\"\n",
+                "backend.redis.sentinels",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nsentinels = [\"h:1\"]\nmaster_name = \"a b\"\n",
+                "backend.redis.master_name",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nreplica_acks = 33\n",
+                "backend.redis.replica_acks",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nreplica_acks = -1\n",
+                "replica_acks",
+            ),
+            (
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nreplica_acks = 1\nreplica_ack_timeout = \"0s\"\n",
+                "backend.redis.replica_ack_timeout",
+            ),
         ];
         for (text, key) in cases {
             let file = dir.path().join("bad.toml");
@@ -760,6 +864,51 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
         let from_file = Config::load_with_env(Some(&example), env(&[])).unwrap();
         assert_eq!(from_file.to_toml(), Config::default().to_toml());
+    }
+
+    #[test]
+    fn sentinel_keys_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("HERALD_BACKEND__KIND", "redis"),
+                (
+                    "HERALD_BACKEND__REDIS__SENTINELS",
+                    "10.0.0.1:26379,[::1]:26380",
+                ),
+                ("HERALD_BACKEND__REDIS__MASTER_NAME", "herald"),
+                ("HERALD_BACKEND__REDIS__REPLICA_ACKS", "1"),
+                ("HERALD_BACKEND__REDIS__REPLICA_ACK_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        let redis = &c.backend.redis;
+        assert_eq!(redis.sentinels, ["10.0.0.1:26379", "[::1]:26380"]);
+        assert_eq!(redis.master_name, "herald");
+        assert_eq!(redis.replica_acks, 1);
+        assert_eq!(redis.replica_ack_timeout, Duration::from_millis(250));
+        // Off by default: one Redis at `url`, answered as soon as the primary has it.
+        let d = Config::default();
+        assert!(d.backend.redis.sentinels.is_empty());
+        assert_eq!(d.backend.redis.replica_acks, 0);
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:26379"),
+            Some(("127.0.0.1".into(), 26379))
+        );
+        assert_eq!(parse_host_port("[::1]:1"), Some(("::1".into(), 1)));
+        assert_eq!(
+            parse_host_port("sentinel-a:26379"),
+            Some(("sentinel-a".into(), 26379))
+        );
+        for bad in [
+            "", "host", ":26379", "h:0", "h:70000", "h:x", "a@b:1", "[::1:1",
+        ] {
+            assert_eq!(parse_host_port(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use futures_util::{Stream, StreamExt};
 pub mod kit;
 pub mod nginx;
 pub mod redis;
+pub mod sentinel;
 use herald::config::Config;
 
 /// The repository root (where Cargo.toml is).
@@ -29,7 +30,7 @@ pub fn require_tool(path: &str) -> PathBuf {
     assert!(
         p.is_file(),
         "{path} is missing: run scripts/install-test-deps.sh (it installs nginx-light, \
-         prometheus with promtool, redis-server, chromium, curl and systemd)"
+         prometheus with promtool, redis-server, redis-sentinel, chromium, curl and systemd)"
     );
     p
 }

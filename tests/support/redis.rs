@@ -19,6 +19,8 @@ pub struct RedisOptions {
     pub acl_user: Option<(String, String)>,
     /// Serve TLS only (`tls-port`), with a certificate made for the test.
     pub tls: bool,
+    /// Start as a replica of the Redis on this loopback port (`replicaof`).
+    pub replica_of: Option<u16>,
 }
 
 pub struct RedisServer {
@@ -117,6 +119,13 @@ impl RedisServer {
             );
         } else {
             args.extend(["--port".to_string(), port]);
+        }
+        if let Some(primary) = self.options.replica_of {
+            args.extend([
+                "--replicaof".to_string(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
         }
         if self.options.persistence {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));

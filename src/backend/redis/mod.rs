@@ -3,12 +3,16 @@
 //! A node holds two Redis connections whatever its number of streams and channels: a
 //! multiplexed command connection (publishes, history loads, barriers; concurrent
 //! requests are pipelined on it) and one pub/sub connection on which every event arrives
-//! once ([`reader`]). The data layout and the scripts are in [`scripts`].
+//! once ([`reader`]); a third carries publishes when they wait for replicas
+//! (`replica_acks`). They go to the primary, which Sentinel may move ([`primary`]).
+//! The data layout and the scripts are in [`scripts`].
 //!
 //! A subscribe on a channel the node does not follow yet loads its history into the hub
 //! (see `hub::mirror`): one script call and one barrier round trip, then the stream is
 //! served from the node's ring like with the memory backend, and so are later resumes.
 
+mod announcements;
+mod primary;
 mod publisher;
 mod reader;
 mod scripts;
@@ -18,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::ConnectionManager;
-use ::redis::{Client, Value};
+use ::redis::{ErrorKind, ServerErrorKind, Value};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,7 @@ use crate::config::{redact_url_password, Config};
 use crate::hub::{FollowStatus, Hub, HubError, NewEvent, Retained, Subscription};
 use crate::metrics::Metrics;
 use crate::sse;
+use primary::Primary;
 use scripts::{Keys, Scripts};
 
 /// Channels per history-load script call: a catch-up of many channels is split so that
@@ -46,11 +50,14 @@ struct Settings {
     /// `history.*`, live: a reload changes them (`reconfigure`).
     max_events: AtomicU64,
     max_age_us: AtomicU64,
+    /// Replicas that must have a publish before it is answered (0: off).
+    replica_acks: u32,
+    replica_ack_timeout: Duration,
 }
 
 pub struct RedisBackend {
-    client: Client,
-    commands: ConnectionManager,
+    /// Where commands and pub/sub go; follows Sentinel failovers.
+    primary: Arc<Primary>,
     keys: Keys,
     scripts: Scripts,
     /// This node's name in barriers, so it recognises its own.
@@ -66,7 +73,7 @@ pub struct RedisBackend {
     up: AtomicBool,
     /// Redis answered at least once since the start (readiness).
     reached: AtomicBool,
-    /// The URL with its password masked, for logs.
+    /// The URL with its password masked (and the master name with Sentinel), for logs.
     display_url: String,
     /// Publishes waiting for the group commit (see `publisher`).
     publish_queue: tokio::sync::mpsc::Sender<publisher::Request>,
@@ -77,36 +84,21 @@ pub struct RedisBackend {
 impl RedisBackend {
     pub fn new(config: &Config, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let redis = &config.backend.redis;
-        let display_url = redact_url_password(&redis.url);
-        let client = if redis.tls_ca_file.is_empty() {
-            Client::open(redis.url.as_str())
-        } else {
-            let root_cert = std::fs::read(&redis.tls_ca_file)
-                .map_err(|e| format!("backend.redis.tls_ca_file: {e}"))?;
-            Client::build_with_tls(
-                redis.url.as_str(),
-                ::redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                },
-            )
+        let mut display_url = redact_url_password(&redis.url);
+        if !redis.sentinels.is_empty() {
+            display_url = format!(
+                "{display_url} (address from sentinels {} for {:?})",
+                redis.sentinels.join(","),
+                redis.master_name
+            );
         }
-        .map_err(|e| format!("backend.redis.url: {e}"))?;
-        let manager_config = ::redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis.connect_timeout))
-            .set_response_timeout(Some(redis.command_timeout))
-            .set_min_delay(redis.reconnect_backoff_min)
-            .set_max_delay(redis.reconnect_backoff_max)
-            .set_number_of_retries(2);
-        let commands = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| format!("backend.redis.url: {e}"))?;
+        let primary = Arc::new(Primary::new(redis, metrics.clone())?);
         let node = format!("{:016x}", rand::random::<u64>());
         let (publish_queue, publish_requests) = tokio::sync::mpsc::channel(publisher::QUEUE);
         metrics.backend_up.set(0);
         metrics.init_redis_series();
         Ok(Arc::new(Self {
-            client,
-            commands,
+            primary,
             keys: Keys::new(&redis.key_prefix),
             scripts: Scripts::new(),
             node,
@@ -123,6 +115,8 @@ impl RedisBackend {
                 sweep_interval: config.history.sweep_interval,
                 max_events: AtomicU64::new(config.history.max_events as u64),
                 max_age_us: AtomicU64::new(config.history.max_age.as_micros() as u64),
+                replica_acks: redis.replica_acks,
+                replica_ack_timeout: redis.replica_ack_timeout,
             },
             up: AtomicBool::new(false),
             reached: AtomicBool::new(false),
@@ -136,6 +130,9 @@ impl RedisBackend {
     pub fn spawn_tasks(self: Arc<Self>, stop: CancellationToken) {
         tracing::info!(url = %self.display_url, prefix = %self.keys.prefix, "redis backend");
         tokio::spawn(reader::run(self.clone(), stop.clone()));
+        if self.primary.uses_sentinel() {
+            tokio::spawn(announcements::run(self.primary.clone(), stop.clone()));
+        }
         let requests = self
             .publish_requests
             .lock()
@@ -198,8 +195,20 @@ impl RedisBackend {
         command: &'static str,
         call: impl Future<Output = ::redis::RedisResult<T>>,
     ) -> Result<T, BackendError> {
+        self.timed_within(command, self.settings.command_timeout, call)
+            .await
+    }
+
+    /// One command with its own time limit, timed and counted. A failure that may mean
+    /// the primary moved (connection lost, no answer, `READONLY`) asks Sentinel again.
+    async fn timed_within<T>(
+        &self,
+        command: &'static str,
+        limit: Duration,
+        call: impl Future<Output = ::redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.settings.command_timeout, call).await;
+        let result = tokio::time::timeout(limit, call).await;
         self.metrics
             .redis_command_seconds
             .with_label_values(&[command])
@@ -210,14 +219,17 @@ impl RedisBackend {
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
                 ("connect", e.to_string())
             }
+            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+                ("readonly", e.to_string())
+            }
             Ok(Err(e)) => ("command", e.to_string()),
-            Err(_) => (
-                "timeout",
-                format!("no answer within {:?}", self.settings.command_timeout),
-            ),
+            Err(_) => ("timeout", format!("no answer within {limit:?}")),
         };
         self.metrics.backend_errors.with_label_values(&[kind]).inc();
         tracing::warn!(command, kind, error = %message, "redis command failed");
+        if kind != "command" {
+            self.primary.refresh_soon();
+        }
         Err(BackendError::Unavailable(format!("{command}: {message}")))
     }
 
@@ -248,31 +260,6 @@ impl RedisBackend {
         let ids = answer.await.map_err(|_| gone())??;
         self.metrics.events_published.inc_by(ids.len() as u64);
         Ok(ids)
-    }
-
-    /// The publish script over `events`, in order; their IDs.
-    async fn run_publish_script(
-        &self,
-        events: &[&(String, Bytes)],
-    ) -> Result<Vec<u64>, BackendError> {
-        let keys = &self.keys;
-        let mut call = self.invocation(&self.scripts.publish);
-        for (channel, _) in events {
-            call.key(keys.stream(channel));
-        }
-        call.arg(self.max_events())
-            .arg(self.max_age_us())
-            .arg(&keys.events);
-        for (channel, body) in events {
-            call.arg(channel).arg(body.as_ref());
-        }
-        let mut conn = self.commands.clone();
-        let answer: Vec<u64> = self.timed("publish", call.invoke_async(&mut conn)).await?;
-        let (epoch, ids) = answer
-            .split_first()
-            .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
-        self.hub.rebase(*epoch);
-        Ok(ids.to_vec())
     }
 
     /// A call of `script` with the five keys and the argument every script starts with.
@@ -360,7 +347,7 @@ impl RedisBackend {
             for (name, after) in chunk {
                 call.arg(name).arg(*after);
             }
-            let mut conn = self.commands.clone();
+            let mut conn = self.primary.commands()?;
             let answer: Value = self.timed("load", call.invoke_async(&mut conn)).await?;
             let answer = LoadAnswer::parse(answer, chunk.len())
                 .ok_or_else(|| BackendError::Unavailable("load: unexpected answer".into()))?;
@@ -381,7 +368,7 @@ impl RedisBackend {
     }
 
     async fn send_barrier(&self, n: u64) -> Result<(), BackendError> {
-        let mut conn = self.commands.clone();
+        let mut conn = self.primary.commands()?;
         let message = format!("!{}:{n}", self.node);
         let mut publish = ::redis::cmd("PUBLISH");
         publish.arg(&self.keys.events).arg(message);
@@ -449,7 +436,7 @@ impl RedisBackend {
         call.arg(self.max_age_us())
             .arg(keys.stream(""))
             .arg(SWEEP_LIMIT);
-        let mut conn = self.commands.clone();
+        let mut conn = self.primary.commands()?;
         self.timed("sweep", call.invoke_async(&mut conn)).await
     }
 }

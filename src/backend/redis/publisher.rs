@@ -6,10 +6,12 @@
 //! events in it. Publishers on many connections therefore queue here, and one call carries
 //! everything queued, up to `MAX_GROUP_EVENTS`. Each request's events stay consecutive and
 //! atomic (the script is), each caller gets its own IDs, and a failed call fails every
-//! request in it: nothing is answered 200 unless Redis took it.
+//! request in it: nothing is answered 200 unless Redis took it (and, with
+//! `replica_acks`, that many replicas too).
 
 use std::sync::Arc;
 
+use ::redis::{ErrorKind, ServerErrorKind};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -87,5 +89,84 @@ async fn commit(backend: &RedisBackend, group: Vec<Request>) {
                 let _ = request.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+impl RedisBackend {
+    /// The publish script over `events`, in order; their IDs.
+    async fn run_publish_script(
+        &self,
+        events: &[&(String, Bytes)],
+    ) -> Result<Vec<u64>, BackendError> {
+        let keys = &self.keys;
+        let mut call = self.invocation(&self.scripts.publish);
+        for (channel, _) in events {
+            call.key(keys.stream(channel));
+        }
+        call.arg(self.max_events())
+            .arg(self.max_age_us())
+            .arg(&keys.events);
+        for (channel, body) in events {
+            call.arg(channel).arg(body.as_ref());
+        }
+        let (answer, acks) = if self.settings.replica_acks == 0 {
+            let mut conn = self.primary.commands()?;
+            let answer = self.timed("publish", call.invoke_async(&mut conn)).await?;
+            (answer, None)
+        } else {
+            let (answer, acks) = self.publish_and_wait(&call).await?;
+            (answer, Some(acks))
+        };
+        let (epoch, ids) = answer
+            .split_first()
+            .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
+        self.hub.rebase(*epoch);
+        let wanted = self.settings.replica_acks;
+        match acks {
+            Some(acks) if acks < u64::from(wanted) => {
+                self.metrics.replica_ack_failures.inc();
+                let timeout = self.settings.replica_ack_timeout;
+                tracing::warn!(
+                    acks,
+                    wanted,
+                    ?timeout,
+                    "too few replicas acknowledged a publish"
+                );
+                Err(BackendError::Unavailable(format!(
+                    "publish: {acks} of {wanted} replicas acknowledged within {timeout:?} \
+                     (the event was published and may still appear)"
+                )))
+            }
+            _ => Ok(ids.to_vec()),
+        }
+    }
+
+    /// The publish script and `WAIT` for `replica_acks` replicas, pipelined on the
+    /// publish connection: a `WAIT` covers every earlier write of its connection, and
+    /// in one pipeline nothing can reconnect between the two (a `WAIT` on a fresh
+    /// connection would count replicas that never saw the script). Its answer and the
+    /// number of replicas that acknowledged.
+    async fn publish_and_wait(
+        &self,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<(Vec<u64>, u64), BackendError> {
+        let timeout = self.settings.replica_ack_timeout;
+        let mut pipe = ::redis::pipe();
+        pipe.invoke_script(call)
+            .cmd("WAIT")
+            .arg(self.settings.replica_acks)
+            .arg(timeout.as_millis() as u64);
+        let mut conn = self.primary.publishes()?;
+        let run = async {
+            match pipe.query_async(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    call.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        self.timed_within("publish", self.settings.command_timeout + timeout, run)
+            .await
     }
 }

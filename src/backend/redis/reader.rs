@@ -8,6 +8,10 @@
 //! the command connection) every `health_interval` must come back within
 //! `command_timeout`, or the connection is taken for dead and replaced: a half-open TCP
 //! connection or a paused Redis would otherwise hold the node silent.
+//!
+//! With Sentinel, every connect attempt first asks where the primary is, and a move of
+//! the primary (found by any caller) ends the connection and cuts the backoff short: a
+//! failover is a reconnect to another address, caught up like any other.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +27,10 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 pub(super) async fn run(backend: Arc<RedisBackend>, stop: CancellationToken) {
     let mut delay = backend.settings.backoff_min;
     let mut sessions = 0u64;
+    let mut moved = backend.primary.moved();
     loop {
         let started = Instant::now();
-        let ended = serve(&backend, &stop, sessions > 0).await;
+        let ended = serve(&backend, &stop, &mut moved, sessions > 0).await;
         backend.set_up(false);
         match ended {
             None => return,
@@ -40,6 +45,7 @@ pub(super) async fn run(backend: Arc<RedisBackend>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = moved.changed() => {}
             _ = stop.cancelled() => return,
         }
         delay = (delay * 2).min(backend.settings.backoff_max);
@@ -50,10 +56,22 @@ pub(super) async fn run(backend: Arc<RedisBackend>, stop: CancellationToken) {
 async fn serve(
     backend: &Arc<RedisBackend>,
     stop: &CancellationToken,
+    moved: &mut tokio::sync::watch::Receiver<u64>,
     again: bool,
 ) -> Option<String> {
     let settings = &backend.settings;
-    let connect = backend.client.get_async_pubsub();
+    // Sentinels that do not answer leave the primary as it was: it may still be there.
+    let refreshed = backend.primary.refresh().await;
+    moved.borrow_and_update();
+    let Some(primary) = backend.primary.current() else {
+        let why = refreshed.err().unwrap_or_default();
+        return Some(format!("no primary known: {why}"));
+    };
+    if let Err(e) = refreshed {
+        tracing::warn!(error = %e, primary = %primary.address,
+            "sentinels named no primary; trying the last one");
+    }
+    let connect = primary.client.get_async_pubsub();
     let mut pubsub = match tokio::time::timeout(settings.connect_timeout, connect).await {
         Ok(Ok(pubsub)) => pubsub,
         Ok(Err(e)) => return Some(fail(backend, "connect", e.to_string())),
@@ -117,6 +135,9 @@ async fn serve(
                 }
             }
             Some(reason) = failed.recv() => return Some(reason),
+            _ = moved.changed() => {
+                return Some(format!("the primary moved away from {}", primary.address));
+            }
             _ = probe.tick() => match outstanding {
                 Some((_, sent)) if sent.elapsed() > settings.command_timeout => {
                     backend.metrics.backend_errors.with_label_values(&["probe"]).inc();

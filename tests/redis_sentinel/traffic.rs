@@ -1,0 +1,96 @@
+//! The clients of a failover run: publishers that flood the nodes and record what each
+//! publish got, and subscribers that read a stream to its end.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+/// The channels every publisher alternates over and every subscriber reads.
+pub const CHANNELS: [&str; 2] = ["alpha", "beta"];
+/// Longest wait for one event on a stream: a failover's length and more.
+const EVENT_WAIT: Duration = Duration::from_secs(20);
+
+/// One publish as the publisher saw it.
+pub struct Attempt {
+    pub data: String,
+    pub sent: Instant,
+    pub answered: Instant,
+    /// The ID when answered 200; `None` when refused (503 `backend_unavailable`).
+    pub id: Option<u64>,
+}
+
+/// One publish of `data`; `Some(id)` on 200, `None` on 503 `backend_unavailable` with a
+/// `Retry-After` (anything else fails the test).
+pub async fn try_publish(
+    client: &reqwest::Client,
+    url: &str,
+    channel: &str,
+    data: &str,
+) -> Option<u64> {
+    let request = client
+        .post(url)
+        .json(&json!({"channel": channel, "data": data}))
+        .send();
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .expect("a publish answered within the deadline")
+        .expect("publish request");
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().contains_key("retry-after");
+    let body: Value = resp.json().await.expect("a JSON answer");
+    if status == 200 {
+        return Some(id_of(&body));
+    }
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "backend_unavailable", "{body}");
+    assert!(retry_after, "503 without Retry-After: {body}");
+    None
+}
+
+/// Publish one event at a time, alternating over `urls` and `CHANNELS`, until `stop`;
+/// `accepted` counts the 200s of every publisher. A refusal waits 10 ms, as a client
+/// backing off would.
+pub async fn flood(
+    tag: usize,
+    urls: Vec<String>,
+    accepted: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<Attempt> {
+    let client = reqwest::Client::new();
+    let mut attempts = Vec::new();
+    for i in 0.. {
+        if stop.is_cancelled() {
+            break;
+        }
+        let data = format!("p{tag}-{i}");
+        let sent = Instant::now();
+        let id = try_publish(&client, &urls[i % urls.len()], CHANNELS[i % 2], &data).await;
+        attempts.push(Attempt {
+            data,
+            sent,
+            answered: Instant::now(),
+            id,
+        });
+        if id.is_some() {
+            accepted.send_modify(|n| *n += 1);
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    attempts
+}
+
+/// Every event of `stream` up to the one whose data is `"end"`, as `(id, data)`.
+pub async fn until_end(mut stream: SseClient) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    loop {
+        let e = stream.next_event(EVENT_WAIT).await;
+        assert_eq!(e.event_type, "message", "{e:?}");
+        if e.data == "end" {
+            return got;
+        }
+        got.push((e.last_event_id.parse().expect("a numeric ID"), e.data));
+    }
+}
