@@ -125,11 +125,12 @@ pub async fn run(options: &Options) -> Result<Vec<Check>, String> {
             return Ok(checks);
         }
     };
+    let head_after = opened.elapsed();
     checks.push(Check::new(
         "stream opens at once",
-        true,
-        format!("response head after {:?}", opened.elapsed()),
-        "",
+        head_after <= FIRST_BYTES_WITHIN,
+        format!("response head after {head_after:?}"),
+        "proxy_buffering off; and proxy_http_version 1.1; in the events location (a buffering proxy holds even the response head)",
     ));
     let status = resp.status();
     checks.push(Check::new(
@@ -157,8 +158,8 @@ pub async fn run(options: &Options) -> Result<Vec<Check>, String> {
         "pass herald's Content-Type through (no default_type or add_header overriding it)",
     ));
     let cache_control = text(header::CACHE_CONTROL);
-    let cached = headers.contains_key(header::AGE)
-        || text("x-cache".parse().expect("header name")).contains("HIT");
+    let age = text(header::AGE).trim().parse::<u64>().unwrap_or(0);
+    let cached = age > 0 || text("x-cache".parse().expect("header name")).contains("HIT");
     checks.push(Check::new(
         "no caching",
         (cache_control.contains("no-cache") || cache_control.contains("no-store")) && !cached,
@@ -317,8 +318,9 @@ async fn resume_check(client: &reqwest::Client, url: &url::Url) -> Check {
     Check::new(NAME, reset.is_some(), detail, FIX)
 }
 
-/// Two events published through the path, `PUBLISH_GAP` apart: each must arrive within
-/// `DELIVERY_WITHIN`, and on its own (a buffering hop delivers them together).
+/// Two events published through the path, `PUBLISH_GAP` apart, while the stream is
+/// read: each must arrive within `DELIVERY_WITHIN` of its publish, and on its own (a
+/// buffering hop delivers them together).
 async fn publish_check(
     client: &reqwest::Client,
     options: &Options,
@@ -332,57 +334,60 @@ async fn publish_check(
             "give --publish-url and --key to publish two test events",
         );
     };
-    let mut arrivals = Vec::new();
-    for n in 1..=2 {
-        let marker = format!("herald-doctor {n} {}", rand::random::<u32>());
-        let sent = Instant::now();
-        let answer = send(
-            client
-                .post(publish_url)
-                .bearer_auth(key)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(
-                    serde_json::json!({ "channel": options.channel, "data": marker }).to_string(),
-                ),
-        )
-        .await;
-        match answer {
-            Ok(r) if r.status() == StatusCode::OK => {}
-            Ok(r) => {
-                return Check::new(
-                    NAME,
-                    false,
-                    format!("publish answered {}", r.status()),
-                    "check --publish-url and --key",
-                )
+    let tag = rand::random::<u32>();
+    let markers = [1, 2].map(|n| format!("herald-doctor {n} {tag}"));
+    let publishing = async {
+        let mut sent = Vec::new();
+        for (n, marker) in markers.iter().enumerate() {
+            if n > 0 {
+                tokio::time::sleep(PUBLISH_GAP).await;
             }
-            Err(e) => {
-                return Check::new(
-                    NAME,
-                    false,
-                    format!("publish failed: {e}"),
-                    "check --publish-url",
-                )
+            sent.push(Instant::now());
+            let body = serde_json::json!({ "channel": options.channel, "data": marker });
+            let answer = send(
+                client
+                    .post(publish_url)
+                    .bearer_auth(key)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string()),
+            )
+            .await;
+            match answer {
+                Ok(r) if r.status() == StatusCode::OK => {}
+                Ok(r) => return Err(format!("publish answered {}", r.status())),
+                Err(e) => return Err(format!("publish failed: {e}")),
             }
         }
-        let limit = DELIVERY_WITHIN + Duration::from_secs(2);
-        match stream.next_event(limit, |e| e.data == marker).await {
-            Some(at) => arrivals.push((sent, at)),
-            None => {
-                return Check::new(
-                    NAME,
-                    false,
-                    format!("event {n} did not arrive within {limit:?}"),
-                    FIX,
-                )
-            }
+        Ok(sent)
+    };
+    let limit = PUBLISH_GAP + DELIVERY_WITHIN + Duration::from_secs(2);
+    let reading = async {
+        let mut arrived = Vec::new();
+        for marker in &markers {
+            arrived.push(stream.next_event(limit, |e| e.data == *marker).await);
         }
-        if n == 1 {
-            tokio::time::sleep(PUBLISH_GAP).await;
-        }
-    }
-    let latencies: Vec<Duration> = arrivals.iter().map(|(sent, at)| *at - *sent).collect();
-    let apart = arrivals[1].1 - arrivals[0].1;
+        arrived
+    };
+    let (sent, arrived) = tokio::join!(publishing, reading);
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(e) => return Check::new(NAME, false, e, "check --publish-url and --key"),
+    };
+    let arrived: Option<Vec<Instant>> = arrived.into_iter().collect();
+    let Some(arrived) = arrived else {
+        return Check::new(
+            NAME,
+            false,
+            format!("the events did not arrive within {limit:?}"),
+            FIX,
+        );
+    };
+    let latencies: Vec<Duration> = sent
+        .iter()
+        .zip(&arrived)
+        .map(|(s, a)| a.saturating_duration_since(*s))
+        .collect();
+    let apart = arrived[1].saturating_duration_since(arrived[0]);
     let ok = latencies.iter().all(|l| *l <= DELIVERY_WITHIN) && apart >= PUBLISH_GAP / 2;
     Check::new(
         NAME,

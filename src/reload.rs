@@ -26,21 +26,27 @@ pub struct Source {
     pub log_filter: Option<LogFilter>,
 }
 
-/// Reload on every SIGHUP until `stop`.
+/// SIGHUP, caught from now on (installed before the node reports ready, so a reload
+/// sent to a ready node is never lost nor fatal).
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: reload is off");
+            None
+        }
+    }
+}
+
+/// Reload on every SIGHUP of `hangups` until `stop`.
 pub async fn on_hangup(
     state: std::sync::Arc<AppState>,
+    mut hangups: tokio::signal::unix::Signal,
     source: Source,
     demo: bool,
     stop: CancellationToken,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP: reload is off");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             _ = hangups.recv() => { let _ = reload(&state, &source, demo); }
@@ -53,8 +59,11 @@ pub async fn on_hangup(
 pub fn reload(state: &AppState, source: &Source, demo: bool) -> Result<(), ConfigError> {
     let metrics = state.hub.metrics();
     let old = state.live.current();
-    let built = Config::load(source.path.as_deref())
+    // Restart-only keys are put back before validation: a value there that would not
+    // validate (it is not applied anyway) must not refuse the rest of the file.
+    let built = Config::read(source.path.as_deref(), std::env::vars())
         .map(|new| keep_restart_only(&old.config, new))
+        .and_then(Config::validated)
         .and_then(|new| Settings::build(new, demo));
     let new = match built {
         Ok(new) => new,
@@ -73,13 +82,16 @@ pub fn reload(state: &AppState, source: &Source, demo: bool) -> Result<(), Confi
     metrics
         .connections_limit
         .set(new.config.limits.max_connections as i64);
-    if new.config.telemetry.metrics_channel_groups != old.config.telemetry.metrics_channel_groups {
-        metrics.group_subscribers.reset();
-        metrics.group_channels.reset();
-    }
+    let groups_changed =
+        new.config.telemetry.metrics_channel_groups != old.config.telemetry.metrics_channel_groups;
     state.backend.reconfigure(&new.config);
     let hub = new.hub.clone();
     state.live.store(new);
+    // After the store: a scrape from now on sets the new groups only.
+    if groups_changed {
+        metrics.group_subscribers.reset();
+        metrics.group_channels.reset();
+    }
     // Last: it wakes every open stream, which then reads the new settings.
     state.hub.reconfigure(hub);
     metrics.config_applied(true);

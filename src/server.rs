@@ -83,6 +83,12 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) {
+    // First: from here on a SIGHUP is queued for the reloader, never the default
+    // action (which ends the process).
+    let hangups = options
+        .reload
+        .as_ref()
+        .and_then(|_| crate::reload::hangups());
     let metrics = Arc::new(Metrics::new());
     metrics
         .connections_limit
@@ -164,10 +170,16 @@ pub async fn run(
         },
     ));
 
-    let reloader = options.reload.map(|source| {
+    let reloader = options.reload.zip(hangups).map(|(source, hangups)| {
         let state = state.clone();
         let stop = stop_admin.clone();
-        tokio::spawn(crate::reload::on_hangup(state, source, options.demo, stop))
+        tokio::spawn(crate::reload::on_hangup(
+            state,
+            hangups,
+            source,
+            options.demo,
+            stop,
+        ))
     });
 
     state.ready.store(true, Ordering::SeqCst);

@@ -221,14 +221,18 @@ async fn restart_only_keys_are_kept_and_named_and_a_lower_cap_spares_open_stream
     herald.rewrite_config(
         "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:0\"\n\
          [telemetry]\nlog_format = \"json\"\nlog_level = \"info\"\n\
-         [limits]\nmax_connections = 1\n",
+         [limits]\nmax_connections = 1\n[backend]\nkind = \"not-a-backend\"\n",
     );
+    // The backend is restart-only: its invalid value is kept out, not a reason to refuse
+    // the rest of the file.
     reload(&herald, "success").await;
     let log = herald.stderr_text();
-    assert!(
-        log.contains("needs a restart") && log.contains("server.listen"),
-        "the kept key is named:\n{log}"
-    );
+    for key in ["server.listen", "backend"] {
+        assert!(
+            log.contains("needs a restart") && log.contains(&format!("\"key\":\"{key}\"")),
+            "the kept key {key} is named:\n{log}"
+        );
+    }
     assert_eq!(metric_now(&herald, "herald_connections_limit").await, 1.0);
     // Still on the old address; the two streams stay; a third is refused.
     let refused = client()

@@ -291,6 +291,21 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::read(file, env)?.validated()
+    }
+
+    /// Validate, naming the first key at fault.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The layers read and typed, not validated yet (a reload puts the restart-only keys
+    /// back first).
+    pub fn read(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULTS_TOML,
             config::FileFormat::Toml,
@@ -326,7 +341,6 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        settings.validate()?;
         Ok(settings)
     }
 

@@ -219,7 +219,12 @@ impl RedisBackend {
             Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() => {
                 ("connect", e.to_string())
             }
-            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+            // A write refused inside a script may come back wrapped in a script error,
+            // with READONLY only in its text.
+            Ok(Err(e))
+                if e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+                    || e.to_string().contains("READONLY") =>
+            {
                 ("readonly", e.to_string())
             }
             Ok(Err(e)) => ("command", e.to_string()),

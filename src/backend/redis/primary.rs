@@ -214,9 +214,12 @@ impl Primary {
 
     async fn resolve_and_follow(&self) -> Result<(), String> {
         let (mut answers, mut reasons) = self.ask_sentinels().await;
-        // The newest configuration first: a sentinel that missed the failover still
-        // names the old primary, under an older epoch.
-        answers.sort_by_key(|a| std::cmp::Reverse(a.epoch));
+        // Only the newest configuration counts: a sentinel that missed the failover
+        // still names the old primary under an older epoch, and falling back to it when
+        // the new one does not answer at once would re-follow a demoted (or isolated)
+        // primary.
+        let newest = answers.iter().map(|a| a.epoch).max();
+        answers.retain(|a| Some(a.epoch) == newest);
         let followed = self.current().map(|c| c.address);
         for answer in answers {
             let address = join_host_port(&answer.host, answer.port);

@@ -37,7 +37,15 @@ pub(super) async fn run(
     mut queue: mpsc::Receiver<Request>,
     stop: CancellationToken,
 ) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // A WAIT holds back every later command on its connection: with replica acks, calls
+    // in flight at once would only queue behind each other there and spend their
+    // timeouts waiting, so one goes at a time (and takes all that queued meanwhile).
+    let slots = if backend.settings.replica_acks > 0 {
+        1
+    } else {
+        MAX_IN_FLIGHT
+    };
+    let in_flight = Arc::new(Semaphore::new(slots));
     loop {
         let first = tokio::select! {
             request = queue.recv() => match request {
