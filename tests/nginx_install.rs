@@ -10,7 +10,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use support::nginx::{write_certificates, NGINX};
+use support::nginx::NGINX;
+use support::write_certificates;
 use support::{repo_path, require_tool};
 
 const ETC: &str = "/etc/nginx";
@@ -52,7 +53,7 @@ fn the_kit_installs_into_debians_stock_nginx_configuration() {
     let main = fs::read_to_string(etc.join("nginx.conf")).unwrap();
     let include = relocate("include /etc/nginx/herald-main.conf;\n".to_string());
     fs::write(etc.join("nginx.conf"), format!("{include}{main}")).unwrap();
-    let (_, cert, key) = write_certificates(dir.path());
+    let (_, cert, key) = write_certificates(dir.path(), "nginx");
     let tls = kit("herald-tls.conf")
         .replace("/etc/ssl/herald/fullchain.pem", &cert.display().to_string())
         .replace("/etc/ssl/herald/privkey.pem", &key.display().to_string());

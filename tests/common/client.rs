@@ -259,3 +259,33 @@ pub async fn events_published(admin: std::net::SocketAddr) -> f64 {
     )
     .await
 }
+
+/// One publish of `data` to `channel`: its ID when accepted, `None` when refused as
+/// Redis being away, which must be 503 `backend_unavailable` with a `Retry-After`.
+pub async fn try_publish(
+    client: &reqwest::Client,
+    url: &str,
+    channel: &str,
+    data: &str,
+) -> Option<u64> {
+    let request = client
+        .post(url)
+        .json(&serde_json::json!({"channel": channel, "data": data}))
+        .send();
+    let resp = tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .expect("a publish answered within the deadline")
+        .expect("publish request");
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get("retry-after").cloned();
+    let body: Value = resp.json().await.expect("a JSON answer");
+    if status == 200 {
+        return Some(id_of(&body));
+    }
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "backend_unavailable", "{body}");
+    let retry_after = retry_after.expect("a Retry-After header");
+    let seconds: u64 = retry_after.to_str().unwrap().parse().expect("seconds");
+    assert!(seconds >= 1, "Retry-After: {seconds}");
+    None
+}

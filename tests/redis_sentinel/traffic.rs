@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
 use crate::common::*;
 
 /// The channels every publisher alternates over and every subscriber reads.
@@ -19,34 +17,6 @@ pub struct Attempt {
     pub answered: Instant,
     /// The ID when answered 200; `None` when refused (503 `backend_unavailable`).
     pub id: Option<u64>,
-}
-
-/// One publish of `data`; `Some(id)` on 200, `None` on 503 `backend_unavailable` with a
-/// `Retry-After` (anything else fails the test).
-pub async fn try_publish(
-    client: &reqwest::Client,
-    url: &str,
-    channel: &str,
-    data: &str,
-) -> Option<u64> {
-    let request = client
-        .post(url)
-        .json(&json!({"channel": channel, "data": data}))
-        .send();
-    let resp = tokio::time::timeout(REQUEST_TIMEOUT, request)
-        .await
-        .expect("a publish answered within the deadline")
-        .expect("publish request");
-    let status = resp.status().as_u16();
-    let retry_after = resp.headers().contains_key("retry-after");
-    let body: Value = resp.json().await.expect("a JSON answer");
-    if status == 200 {
-        return Some(id_of(&body));
-    }
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "backend_unavailable", "{body}");
-    assert!(retry_after, "503 without Retry-After: {body}");
-    None
 }
 
 /// Publish one event at a time, alternating over `urls` and `CHANNELS`, until `stop`;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{children_of, free_port, repo_path, require_tool, Daemon};
+use super::{children_of, free_port, repo_path, require_tool, write_certificates, Daemon};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -213,34 +213,6 @@ fn output_of(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, in `dir`: (CA, certificate, key).
-pub fn write_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "herald test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "herald test nginx");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    fs::write(&paths.0, ca.pem()).unwrap();
-    fs::write(&paths.1, cert.pem()).unwrap();
-    fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 /// nginx (master and one worker) on free loopback ports, stopped by pid on drop.
 pub struct Nginx {
     daemon: Daemon,
@@ -285,7 +257,7 @@ impl Nginx {
         require_tool(NGINX);
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("snippets")).unwrap();
-        let certificates = options.tls.then(|| write_certificates(dir.path()));
+        let certificates = options.tls.then(|| write_certificates(dir.path(), "nginx"));
         fs::write(
             dir.path().join("nginx.conf"),
             main_config(dir.path(), options.tls),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, require_tool, send_signal, Daemon};
+use super::{free_port, require_tool, send_signal, write_certificates, Daemon};
 
 /// How a test's Redis runs.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +36,9 @@ impl RedisServer {
     pub fn start(options: RedisOptions) -> Self {
         require_tool("/usr/bin/redis-server");
         let dir = tempfile::tempdir().expect("tempdir");
-        let ca_file = options.tls.then(|| write_certificates(dir.path()));
+        let ca_file = options
+            .tls
+            .then(|| write_certificates(dir.path(), "redis").0);
         let mut server = Self {
             port: 0,
             dir,
@@ -218,29 +220,4 @@ impl RedisServer {
             self.port
         );
     }
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it, written as `ca.pem`,
-/// `server.pem` and `server.key` into `dir`; returns the CA's path.
-fn write_certificates(dir: &std::path::Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    // Distinct subjects: with rcgen's default name on both, OpenSSL (redis-cli) takes the
-    // server certificate for a self-signed one and refuses it.
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "herald test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "herald test redis");
-    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
-    dir.join("ca.pem")
 }
