@@ -17,6 +17,8 @@ use super::primary::Primary;
 /// Sentinel's channel for a completed failover: `<name> <old ip> <old port> <new ip>
 /// <new port>`.
 const SWITCH_MASTER: &str = "+switch-master";
+/// Longest life of one subscription to a sentinel (see `listen`).
+const SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(super) async fn run(primary: Arc<Primary>, stop: CancellationToken) {
     let sentinels = primary.sentinel_urls();
@@ -61,7 +63,10 @@ async fn listen(primary: &Primary, url: &str) -> String {
     // A switch may have happened while no sentinel was listened to.
     refresh(primary).await;
     let mut messages = pubsub.into_on_message();
-    while let Some(message) = messages.next().await {
+    // A subscribed connection cannot be probed, and a half-open one would be silent
+    // forever: each session ends after `SESSION`, and the next starts with a refresh.
+    let session_end = tokio::time::Instant::now() + SESSION;
+    while let Ok(Some(message)) = tokio::time::timeout_at(session_end, messages.next()).await {
         let payload = String::from_utf8_lossy(message.get_payload_bytes()).into_owned();
         if is_for(&payload, primary.master_name()) {
             tracing::info!(announcement = %payload, "sentinel announced a failover");

@@ -61,7 +61,10 @@ async fn serve(
 ) -> Option<String> {
     let settings = &backend.settings;
     // Sentinels that do not answer leave the primary as it was: it may still be there.
-    let refreshed = backend.primary.refresh().await;
+    let refreshed = tokio::select! {
+        refreshed = backend.primary.refresh() => refreshed,
+        _ = stop.cancelled() => return None,
+    };
     moved.borrow_and_update();
     let Some(primary) = backend.primary.current() else {
         let why = refreshed.err().unwrap_or_default();
