@@ -169,10 +169,6 @@ impl Hub {
         })
     }
 
-    pub fn settings(&self) -> arc_swap::Guard<Arc<HubSettings>> {
-        self.settings.load()
-    }
-
     /// New limits for what comes next (the mirror role stays): publishes, subscribes and
     /// sweeps use them from now on, and every parked subscriber is woken so that open
     /// streams pick up new stream settings at once.
