@@ -69,6 +69,8 @@ impl AppState {
 }
 
 const DEMO_PAGE: &str = include_str!("demo.html");
+/// The browser client (an ES module), also usable standalone: see its header.
+pub const HERALD_JS: &str = include_str!("herald.js");
 
 /// The internet-facing listener.
 pub async fn serve_public(
@@ -87,6 +89,19 @@ pub async fn serve_public(
         (_, "/publish") => response::method_not_allowed("POST"),
         (&Method::POST, "/tickets") => tickets::handle(&state, &req),
         (_, "/tickets") => response::method_not_allowed("POST"),
+        (&Method::GET | &Method::HEAD, "/herald.js") => {
+            let mut resp = response::full(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(HERALD_JS.as_bytes()),
+            );
+            // Revalidated on every load: a herald upgrade reaches the pages at once.
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-cache"),
+            );
+            resp
+        }
         (&Method::GET, "/") if state.settings().config.server.demo_page => response::full(
             StatusCode::OK,
             "text/html; charset=utf-8",
