@@ -16,7 +16,6 @@ use http::{header, StatusCode, Version};
 /// Asked for by `doctor` on its streams; herald answers with what reached it through the
 /// proxy (see `http::subscribe`).
 pub const HEADER: &str = "x-herald-doctor";
-const DOCTOR_HEADER: &str = HEADER;
 
 /// How soon the stream's first bytes (herald writes them at once) must arrive.
 const FIRST_BYTES_WITHIN: Duration = Duration::from_secs(1);
@@ -108,29 +107,26 @@ pub async fn run(options: &Options) -> Result<Vec<Check>, String> {
             .header(header::ACCEPT, "text/event-stream")
             .header(header::ACCEPT_ENCODING, "gzip, deflate, br")
             .header(header::CACHE_CONTROL, "no-cache")
-            .header(DOCTOR_HEADER, "1"),
+            .header(HEADER, "1"),
     )
     .await;
+    // No response head, or a late one: a proxy buffering the whole answer (herald sends
+    // its head at once), or nothing listening.
+    const OPENS: &str = "stream opens at once";
+    const OPENS_FIX: &str = "proxy_buffering off; and proxy_http_version 1.1; in the events location (a buffering proxy holds even the response head); or check the URL";
     let resp = match resp {
         Ok(resp) => resp,
         Err(e) => {
-            // No response head at all: a proxy buffering the whole answer (herald sends
-            // its head at once), or nothing listening.
-            checks.push(Check::new(
-                "stream opens at once",
-                false,
-                format!("{url}: {e}"),
-                "proxy_buffering off; and proxy_http_version 1.1; in the events location (a buffering proxy holds even the response head); or check the URL",
-            ));
+            checks.push(Check::new(OPENS, false, format!("{url}: {e}"), OPENS_FIX));
             return Ok(checks);
         }
     };
     let head_after = opened.elapsed();
     checks.push(Check::new(
-        "stream opens at once",
+        OPENS,
         head_after <= FIRST_BYTES_WITHIN,
         format!("response head after {head_after:?}"),
-        "proxy_buffering off; and proxy_http_version 1.1; in the events location (a buffering proxy holds even the response head)",
+        OPENS_FIX,
     ));
     let status = resp.status();
     checks.push(Check::new(
@@ -189,7 +185,7 @@ pub async fn run(options: &Options) -> Result<Vec<Check>, String> {
             "plain http: browsers use HTTP/1.1 here, at most 6 streams per origin",
         ));
     }
-    let report = text(DOCTOR_HEADER.parse().expect("header name"));
+    let report = text(HEADER.parse().expect("header name"));
     let heartbeat = field(&report, "heartbeat").and_then(|h| humantime::parse_duration(h).ok());
     match field(&report, "version") {
         Some(version) => checks.push(Check::new(
@@ -289,7 +285,7 @@ async fn resume_check(client: &reqwest::Client, url: &url::Url) -> Check {
         client
             .get(url.clone())
             .header("last-event-id", "1")
-            .header(DOCTOR_HEADER, "1"),
+            .header(HEADER, "1"),
     )
     .await;
     let resp = match resp {
@@ -299,7 +295,7 @@ async fn resume_check(client: &reqwest::Client, url: &url::Url) -> Check {
     };
     let seen = resp
         .headers()
-        .get(DOCTOR_HEADER)
+        .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|r| field(r, "last-event-id").map(str::to_string));
     let mut stream = SseReader::new(resp);

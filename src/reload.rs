@@ -115,38 +115,20 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
             *new = old.clone();
         }
     }
-    keep("server.listen", &old.server.listen, &mut new.server.listen);
-    keep(
-        "server.admin_listen",
-        &old.server.admin_listen,
-        &mut new.server.admin_listen,
-    );
-    keep(
-        "server.listen_backlog",
-        &old.server.listen_backlog,
-        &mut new.server.listen_backlog,
-    );
-    keep("backend", &old.backend, &mut new.backend);
-    keep(
-        "telemetry.log_format",
-        &old.telemetry.log_format,
-        &mut new.telemetry.log_format,
-    );
-    keep(
-        "telemetry.otlp_endpoint",
-        &old.telemetry.otlp_endpoint,
-        &mut new.telemetry.otlp_endpoint,
-    );
-    keep(
-        "telemetry.service_name",
-        &old.telemetry.service_name,
-        &mut new.telemetry.service_name,
-    );
-    keep(
-        "telemetry.sample_ratio",
-        &old.telemetry.sample_ratio,
-        &mut new.telemetry.sample_ratio,
-    );
+    // The key a warning names is the field's own path.
+    macro_rules! keep {
+        ($($field:ident).+) => {
+            keep(stringify!($($field).+), &old.$($field).+, &mut new.$($field).+)
+        };
+    }
+    keep!(server.listen);
+    keep!(server.admin_listen);
+    keep!(server.listen_backlog);
+    keep!(backend);
+    keep!(telemetry.log_format);
+    keep!(telemetry.otlp_endpoint);
+    keep!(telemetry.service_name);
+    keep!(telemetry.sample_ratio);
     new
 }
 

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use common::sse_parser::Event;
 use common::*;
 use serde_json::{json, Value};
 use support::redis::{RedisOptions, RedisServer};
@@ -18,18 +17,6 @@ const NOTICE: Duration = Duration::from_secs(10);
 
 fn node(redis: &RedisServer) -> HeraldProcess {
     HeraldProcess::spawn(&redis.backend_toml(), &["--demo"])
-}
-
-fn pairs(events: &[Event]) -> Vec<(u64, String)> {
-    events
-        .iter()
-        .map(|e| {
-            (
-                e.last_event_id.parse().expect("a numeric ID"),
-                e.data.clone(),
-            )
-        })
-        .collect()
 }
 
 async fn sample(node: &HeraldProcess, name: &str) -> f64 {
@@ -97,19 +84,6 @@ async fn keep_publishing(
     seen
 }
 
-/// Read `stream` up to the event whose data is `"end"`; every event before it.
-async fn until_end(stream: &mut SseClient) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    loop {
-        let e = stream.next_event(WAIT).await;
-        assert_eq!(e.event_type, "message", "{e:?}");
-        if e.data == "end" {
-            return got;
-        }
-        got.extend(pairs(&[e]));
-    }
-}
-
 /// Redis is SIGKILLed while a publisher alternates between the nodes and B streams, and
 /// comes back with its data (AOF, fsync on every write). While it is away every publish
 /// is refused (503 `backend_unavailable`, `Retry-After`) and both nodes report the
@@ -146,16 +120,9 @@ async fn a_killed_redis_restarted_with_its_data_loses_no_accepted_event() {
         count,
         stop.clone(),
     ));
-    let wait_accepted = |n: usize| {
-        let mut accepted = accepted.clone();
-        async move {
-            let reached = tokio::time::timeout(NOTICE, accepted.wait_for(|c| *c >= n)).await;
-            assert!(reached.is_ok(), "fewer than {n} publishes accepted");
-        }
-    };
-    wait_accepted(20).await;
+    wait_count(&accepted, 20, NOTICE).await;
     // The stream is live before the kill.
-    let mut received = pairs(&on_b.events(5, WAIT).await);
+    let mut received = id_and_data(&on_b.events(5, WAIT).await);
     let reconnects = [
         sample(&a, "herald_backend_reconnects_total").await,
         sample(&b, "herald_backend_reconnects_total").await,
@@ -180,7 +147,7 @@ async fn a_killed_redis_restarted_with_its_data_loses_no_accepted_event() {
     redis.restart(true);
     wait_reconnected(&a, reconnects[0]).await;
     wait_reconnected(&b, reconnects[1]).await;
-    wait_accepted(during + 20).await;
+    wait_count(&accepted, during + 20, NOTICE).await;
     stop.cancel();
     let seen = publisher.await.expect("publisher task");
     assert!(
@@ -190,7 +157,7 @@ async fn a_killed_redis_restarted_with_its_data_loses_no_accepted_event() {
     let end = publish_data(&client, &a.url("/publish"), "alpha", "end").await;
     assert!(seen.accepted.iter().all(|(id, _)| *id < end));
 
-    received.extend(until_end(&mut on_b).await);
+    received.extend(events_until_end(&mut on_b, WAIT).await);
     let ids: Vec<u64> = received.iter().map(|(id, _)| *id).collect();
     if let Some(w) = ids.windows(2).find(|w| w[0] >= w[1]) {
         panic!("B received {} then {}", w[0], w[1]);
@@ -215,7 +182,7 @@ async fn a_killed_redis_restarted_with_its_data_loses_no_accepted_event() {
     assert_eq!(resumed.status, 200);
     resumed.expect_preamble().await;
     let after: Vec<_> = received.into_iter().filter(|(id, _)| *id > from).collect();
-    assert_eq!(until_end(&mut resumed).await, after);
+    assert_eq!(events_until_end(&mut resumed, WAIT).await, after);
 }
 
 /// Redis comes back empty. The IDs before are put an hour ahead of its clock (as after a
@@ -248,11 +215,11 @@ async fn a_redis_restarted_empty_keeps_ids_rising_and_resets_older_resumes() {
     // Each reader hands events over in ID order: with `alpha` on both streams, both
     // nodes have passed every ID before the restart.
     assert_eq!(
-        pairs(&[on_a.next_event(WAIT).await]),
+        id_and_data(&[on_a.next_event(WAIT).await]),
         [(alpha, "old alpha".into())]
     );
     assert_eq!(
-        pairs(&on_b.events(2, WAIT).await),
+        id_and_data(&on_b.events(2, WAIT).await),
         [(beta, "old beta".into()), (alpha, "old alpha".into())]
     );
 
@@ -269,11 +236,11 @@ async fn a_redis_restarted_empty_keeps_ids_rising_and_resets_older_resumes() {
     let second = publish_data(&client, &b.url("/publish"), "beta", "new beta").await;
     assert!(second > first, "{second} after {first}");
     assert_eq!(
-        pairs(&[on_a.next_event(WAIT).await]),
+        id_and_data(&[on_a.next_event(WAIT).await]),
         [(first, "new alpha".into())]
     );
     assert_eq!(
-        pairs(&on_b.events(2, WAIT).await),
+        id_and_data(&on_b.events(2, WAIT).await),
         [(first, "new alpha".into()), (second, "new beta".into())]
     );
 
@@ -298,7 +265,7 @@ async fn a_redis_restarted_empty_keeps_ids_rising_and_resets_older_resumes() {
     let third = publish_data(&client, &a.url("/publish"), "beta", "newer beta").await;
     for resumed in &mut resumes {
         assert_eq!(
-            pairs(&[resumed.next_event(WAIT).await]),
+            id_and_data(&[resumed.next_event(WAIT).await]),
             [(third, "newer beta".into())]
         );
     }
@@ -346,7 +313,7 @@ async fn a_lost_pubsub_connection_is_caught_up_from_redis() {
     on_b.expect_preamble().await;
     let mut published = Vec::new();
     published.extend(publish_round(&client, [&a, &b], "before").await);
-    assert_eq!(pairs(&on_b.events(6, WAIT).await), published);
+    assert_eq!(id_and_data(&on_b.events(6, WAIT).await), published);
 
     let reconnects = sample(&b, "herald_backend_reconnects_total").await;
     let caught_up = sample(&b, "herald_backend_caught_up_events_total").await;
@@ -369,5 +336,5 @@ async fn a_lost_pubsub_connection_is_caught_up_from_redis() {
     );
     published.extend(gap);
     published.extend(publish_round(&client, [&a, &b], "after").await);
-    assert_eq!(pairs(&on_b.events(12, WAIT).await), published[6..]);
+    assert_eq!(id_and_data(&on_b.events(12, WAIT).await), published[6..]);
 }

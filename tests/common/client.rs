@@ -289,3 +289,41 @@ pub async fn try_publish(
     assert!(seconds >= 1, "Retry-After: {seconds}");
     None
 }
+
+/// `(id, data)` of each event (IDs are herald's numeric ones).
+pub fn id_and_data(events: &[Event]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.last_event_id.parse().expect("a numeric ID"),
+                e.data.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Every event of `stream` up to the one whose data is `"end"`, as `(id, data)`; each
+/// within `wait` of the one before.
+pub async fn events_until_end(stream: &mut SseClient, wait: Duration) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    loop {
+        let e = stream.next_event(wait).await;
+        assert_eq!(e.event_type, "message", "{e:?}");
+        if e.data == "end" {
+            return got;
+        }
+        got.extend(id_and_data(&[e]));
+    }
+}
+
+/// Wait until the count published on `counts` reaches `n`, at most `deadline`.
+pub async fn wait_count(
+    counts: &tokio::sync::watch::Receiver<usize>,
+    n: usize,
+    deadline: Duration,
+) {
+    let mut counts = counts.clone();
+    let reached = tokio::time::timeout(deadline, counts.wait_for(|c| *c >= n)).await;
+    assert!(reached.is_ok(), "fewer than {n} publishes accepted");
+}

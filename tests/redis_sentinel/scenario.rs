@@ -162,14 +162,7 @@ pub async fn fail_over_under_load(
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|tag| tokio::spawn(flood(tag, urls.clone(), count.clone(), stop.clone())))
         .collect();
-    let wait_accepted = |n: usize| {
-        let mut accepted = accepted.clone();
-        async move {
-            let reached = tokio::time::timeout(FAILOVER, accepted.wait_for(|c| *c >= n)).await;
-            assert!(reached.is_ok(), "fewer than {n} publishes accepted");
-        }
-    };
-    wait_accepted(300).await;
+    wait_count(&accepted, 300, FAILOVER).await;
 
     let killing = Instant::now();
     if let Death::CutThenKill = death {
@@ -223,7 +216,7 @@ pub async fn fail_over_under_load(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let followed = killed.elapsed();
-    wait_accepted(before + 300).await;
+    wait_count(&accepted, before + 300, FAILOVER).await;
     stop.cancel();
     let mut attempts = Vec::new();
     for p in publishers {

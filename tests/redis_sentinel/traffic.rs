@@ -52,15 +52,8 @@ pub async fn flood(
     attempts
 }
 
-/// Every event of `stream` up to the one whose data is `"end"`, as `(id, data)`.
+/// Every event of `stream` up to the one whose data is `"end"`, as `(id, data)` (owned,
+/// for a spawned reader).
 pub async fn until_end(mut stream: SseClient) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    loop {
-        let e = stream.next_event(EVENT_WAIT).await;
-        assert_eq!(e.event_type, "message", "{e:?}");
-        if e.data == "end" {
-            return got;
-        }
-        got.push((e.last_event_id.parse().expect("a numeric ID"), e.data));
-    }
+    events_until_end(&mut stream, EVENT_WAIT).await
 }
