@@ -79,7 +79,7 @@ async fn herald_js_passes_its_node_tests_against_real_nodes() {
     assert!(out.status.success(), "node --test failed:\n{report}");
     // Every test ran (a script that registered none would "pass" too).
     assert!(
-        report.contains("# pass 8") && report.contains("# fail 0"),
+        report.contains("# pass 10") && report.contains("# fail 0"),
         "{report}"
     );
     for server in servers {

@@ -16,6 +16,13 @@
 //   (POST /tickets); the ticket goes in the query.
 // - `heartbeatEvent` + `heartbeatTimeout`: when heartbeats are events, a stream silent for
 //   longer than the timeout is taken for dead and replaced.
+// - `share: true` (or a name): the tabs of one origin that open the same stream share one
+//   connection. One tab, the leader, holds a Web Lock and the stream and passes every
+//   event to the others over a BroadcastChannel; when it closes, the next tab takes the
+//   lock and resumes from the last ID it saw, so no event is missed. A browser allows a
+//   handful of HTTP/1.1 connections per origin (6 in Chromium): without sharing, the
+//   seventh tab's stream waits for a free one. Where Web Locks or BroadcastChannel are
+//   missing, each tab connects on its own.
 
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30000;
@@ -86,8 +93,18 @@ export class Parser {
   }
 }
 
-/// Open a stream on `url` and keep it open until `close()`.
+/// Open a stream on `url` and keep it open until `close()`; with `share`, one per origin.
 export function connect(url, options = {}) {
+  if (options.share) {
+    const locks = options.locks ?? globalThis.navigator?.locks;
+    const Channel = options.BroadcastChannel ?? globalThis.BroadcastChannel;
+    if (locks && Channel) return shared(url, options, locks, Channel);
+  }
+  return direct(url, options);
+}
+
+/// One tab's own connection.
+function direct(url, options) {
   const {
     onEvent = () => {},
     onReset = () => {},
@@ -198,6 +215,97 @@ export function connect(url, options = {}) {
     },
     get connects() {
       return state.connects;
+    },
+  };
+}
+
+/// A stream shared by the tabs that open it under one name: the tab holding the lock
+/// (named after the stream) connects, the others listen on the broadcast channel.
+function shared(url, options, locks, Channel) {
+  const { onEvent = () => {}, onReset = () => {}, onOpen = () => {}, onError = () => {} } = options;
+  const onRole = options.onRole ?? (() => {});
+  const name =
+    "herald.js " +
+    (typeof options.share === "string" ? options.share : new URL(url, globalThis.location?.href).href);
+  const bus = new Channel(name);
+  const quit = new AbortController();
+  let role = "follower";
+  let lastEventId = options.lastEventId ?? "";
+  let opened = null; // the leader's last onOpen, for tabs that join later
+  let stream = null;
+  let release = null;
+
+  bus.onmessage = ({ data: message }) => {
+    if (role === "leader") {
+      // A tab that just opened asks where the stream is.
+      if (message.kind === "hello" && opened) {
+        bus.postMessage({ kind: "open", info: { ...opened, lastEventId: stream.lastEventId } });
+      }
+      return;
+    }
+    if (message.kind === "event") {
+      if (message.item.id) lastEventId = message.item.id;
+      onEvent(message.item);
+    } else if (message.kind === "reset") {
+      onReset(message.info);
+    } else if (message.kind === "open") {
+      if (message.info.lastEventId && !lastEventId) lastEventId = message.info.lastEventId;
+      onOpen({ ...message.info, shared: true });
+    } else if (message.kind === "error") {
+      onError(message.info);
+    }
+  };
+  bus.postMessage({ kind: "hello" });
+  onRole(role);
+
+  locks
+    .request(name, { signal: quit.signal }, () => {
+      role = "leader";
+      onRole(role);
+      stream = direct(url, {
+        ...options,
+        lastEventId,
+        onEvent(item) {
+          bus.postMessage({ kind: "event", item });
+          onEvent(item);
+        },
+        onReset(info) {
+          bus.postMessage({ kind: "reset", info });
+          onReset(info);
+        },
+        onOpen(info) {
+          opened = info;
+          bus.postMessage({ kind: "open", info });
+          onOpen(info);
+        },
+        onError(info) {
+          // An Error does not survive every structured clone: send its message.
+          const plain = info.error ? { error: String(info.error?.message ?? info.error) } : info;
+          bus.postMessage({ kind: "error", info: plain });
+          onError(info);
+        },
+      });
+      // The lock is held until close() (or the tab goes away).
+      return new Promise((resolve) => (release = resolve));
+    })
+    .catch(() => {}); // closed while waiting for the lock
+
+  return {
+    close() {
+      quit.abort();
+      stream?.close();
+      release?.();
+      bus.close();
+    },
+    get lastEventId() {
+      return stream ? stream.lastEventId : lastEventId;
+    },
+    get connects() {
+      return stream ? stream.connects : 0;
+    },
+    /// "leader" (this tab holds the connection) or "follower".
+    get role() {
+      return role;
     },
   };
 }

@@ -172,3 +172,103 @@ test("the heartbeat watchdog replaces a silent stream, and heartbeats are not ev
   kept.close();
   assert.deepEqual(events, [], "heartbeat events are not passed on");
 });
+
+/// Web Locks as the browser has them, for one process: exclusive, granted in request order,
+/// released when the callback's promise settles; a request whose signal aborts while it
+/// waits is rejected. (Node has BroadcastChannel but no navigator.locks.)
+class Locks {
+  #queues = new Map();
+  request(name, options, callback) {
+    const queue = this.#queues.get(name) ?? [];
+    this.#queues.set(name, queue);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        async grant() {
+          try {
+            resolve(await callback());
+          } catch (error) {
+            reject(error);
+          } finally {
+            queue.shift();
+            if (queue.length > 0) queue[0].grant();
+          }
+        },
+      };
+      options.signal?.addEventListener("abort", () => {
+        const at = queue.indexOf(waiter);
+        if (at > 0) {
+          queue.splice(at, 1);
+          reject(new DOMException("aborted", "AbortError"));
+        }
+      });
+      queue.push(waiter);
+      if (queue.length === 1) queueMicrotask(() => waiter.grant());
+    });
+  }
+}
+
+/// fetch, recording the Last-Event-ID of every stream request (one per connect).
+function countingFetch() {
+  const requests = [];
+  const counted = (target, init) => {
+    requests.push(init.headers["last-event-id"] ?? "");
+    return fetch(target, init);
+  };
+  return { fetch: counted, requests };
+}
+
+test("tabs sharing a stream hold one connection and every tab sees every event", async () => {
+  const locks = new Locks();
+  const { fetch: counted, requests } = countingFetch();
+  const tabs = [0, 1, 2].map(() => {
+    const seen = [];
+    const stream = connect(`${PLAIN}/events?channel=js-share`, {
+      share: true,
+      locks,
+      fetch: counted,
+      onEvent: (e) => seen.push(e.id),
+    });
+    return { stream, seen };
+  });
+  await until(() => tabs[0].stream.connects === 1, 5000, "the leader connected");
+  assert.deepEqual(
+    tabs.map((t) => t.stream.role),
+    ["leader", "follower", "follower"],
+  );
+  const ids = [];
+  for (const data of ["a", "b", "c"]) ids.push(String(await publish(PLAIN, "js-share", data)));
+  await until(() => tabs.every((t) => t.seen.length === 3), 5000, "every tab saw every event");
+  for (const tab of tabs) tab.stream.close();
+  for (const tab of tabs) assert.deepEqual(tab.seen, ids);
+  assert.equal(requests.length, 1, "one stream for three tabs");
+});
+
+test("when the leading tab closes, the next one takes over from the last ID it saw", async () => {
+  const locks = new Locks();
+  const { fetch: counted, requests } = countingFetch();
+  const open = () => {
+    const seen = [];
+    const stream = connect(`${PLAIN}/events?channel=js-handover`, {
+      share: "js-handover",
+      locks,
+      fetch: counted,
+      onEvent: (e) => seen.push(e.id),
+    });
+    return { stream, seen };
+  };
+  const first = open();
+  const second = open();
+  await until(() => first.stream.connects === 1, 5000, "the leader connected");
+  const before = String(await publish(PLAIN, "js-handover", "before"));
+  await until(() => second.seen.length === 1, 5000, "the follower saw the first event");
+  first.stream.close();
+  // Published while no tab may be connected: the new leader's resume must bring it.
+  const during = String(await publish(PLAIN, "js-handover", "during"));
+  await until(() => second.stream.connects === 1, 5000, "the follower took over");
+  const after = String(await publish(PLAIN, "js-handover", "after"));
+  await until(() => second.seen.length === 3, 5000, "every event in the second tab");
+  second.stream.close();
+  assert.equal(second.stream.role, "leader");
+  assert.deepEqual(second.seen, [before, during, after], "each event once, in order");
+  assert.deepEqual(requests, ["", before], "the takeover resumed after the last ID seen");
+});
