@@ -106,8 +106,18 @@ async fn nginx_limit_req_answers_429_past_the_burst_of_new_streams_and_spares_pu
     let options = NginxOptions::new(&[herald.public], "5s");
     // No token comes back during the test: 1 + burst streams pass, the next is refused.
     let nginx = Nginx::start_kit(&options, |file, text| match file {
-        UPSTREAM => replace_once(file, &text, "rate=20r/s;", "rate=1r/m;"),
-        LOCATIONS => replace_once(file, &text, "burst=256 nodelay;", "burst=2 nodelay;"),
+        UPSTREAM => replace_once(
+            file,
+            &text,
+            "zone=herald_opens_per_ip:10m rate=20r/s;",
+            "zone=herald_opens_per_ip:10m rate=1r/m;",
+        ),
+        LOCATIONS => replace_once(
+            file,
+            &text,
+            "zone=herald_opens_per_ip burst=256 nodelay;",
+            "zone=herald_opens_per_ip burst=2 nodelay;",
+        ),
         _ => text,
     });
     let url = nginx.url("/events?channel=paced");
@@ -363,4 +373,58 @@ async fn the_locations_snippet_serves_herald_from_an_existing_site() {
         .read_until(&format!("id: {id}\n"), WAIT)
         .await
         .expect("the event through the snippet");
+}
+
+/// What a page needs beyond /events and /publish passes nginx: the herald.js module
+/// (revalidated on every load), a ticket for a private channel and the stream it opens,
+/// and the demo apps under /demo/ (herald's own 404 when the demo is off, not nginx's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_paths_pass_nginx_herald_js_tickets_and_the_demo_apps() {
+    const SECRET: &str = "nginx-kit-ticket-secret-0123456789abcdef";
+    let herald = TestServer::start(herald_config(&format!(
+        "[server]\ndemo_page = false\n\
+         [auth]\nprivate_channels = [\"private:*\"]\n\
+         [auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
+    )))
+    .await;
+    let nginx = Nginx::start_kit(&NginxOptions::new(&[herald.public], "5s"), |_, t| t);
+
+    let module = client().get(nginx.url("/herald.js")).send().await.unwrap();
+    assert_eq!(module.status(), 200);
+    assert_eq!(module.headers()["cache-control"], "no-cache");
+    assert!(module
+        .text()
+        .await
+        .unwrap()
+        .contains("export function connect"));
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "exp": exp, "herald": { "subscribe": ["private:*"] } }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let answer: serde_json::Value = client()
+        .post(nginx.url("/tickets"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .expect("a ticket through nginx")
+        .json()
+        .await
+        .unwrap();
+    let ticket = answer["ticket"].as_str().expect("a ticket");
+    open_ok(&nginx.url(&format!("/events?channel=private:a&ticket={ticket}"))).await;
+
+    // herald without the demo answers /demo/ itself, with its JSON 404.
+    let demo = client().get(nginx.url("/demo/chat")).send().await.unwrap();
+    assert_eq!(demo.status(), 404);
+    assert_eq!(demo.headers()["content-type"], "application/json");
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+pub mod browser;
 pub mod kit;
 pub mod nginx;
 pub mod redis;
