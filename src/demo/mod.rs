@@ -105,7 +105,9 @@ impl Demo {
 
     /// The drain: every job and the publisher are told to stop (a job publishes its
     /// `cancelled` event), and waited for at most `wait`. Called before the hub closes,
-    /// so those last events still go out.
+    /// so those last events are still accepted: into the history, and to other nodes on
+    /// Redis. This node's own streams get them only if they write them before the hub
+    /// closes, since a closing hub hands its streams nothing more.
     pub async fn stop(&self, wait: Duration) {
         self.stop.cancel();
         self.tasks.close();

@@ -8,7 +8,8 @@
 //!
 //! Events on `demo:task:<id>`: `progress` `{"task", "percent", "step", "steps", "label"}`
 //! ([`STEPS`] of them after the first, rising to 100), then `done` `{"task", "percent",
-//! "elapsed_ms"}`; or `cancelled` `{"task", "percent", "reason"}` when the node drains.
+//! "elapsed_ms"}`; or `cancelled` `{"task", "percent", "reason"}` when the node drains
+//! (best effort: see [`super::Demo::stop`]).
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
