@@ -190,6 +190,8 @@ pub async fn run(
     state.ready.store(true, Ordering::SeqCst);
     shutdown.await;
     let drain_timeout = state.settings().config.shutdown.drain_timeout;
+    // The demo jobs' wait below counts within the drain, not on top of it.
+    let drain_deadline = tokio::time::Instant::now() + drain_timeout;
 
     // Drain: not ready, no new connections, every stream told to end (spread over the
     // drain window), then wait for the public connections to finish, bounded by the drain
@@ -198,11 +200,11 @@ pub async fn run(
     state.ready.store(false, Ordering::SeqCst);
     stop_public.cancel();
     let public_conns = public.await.unwrap_or_default();
-    // Before the hub closes, so a demo job's `cancelled` event still goes out.
-    state.demo.stop(DEMO_STOP_WAIT).await;
+    // Before the hub closes, so a demo job's `cancelled` event is still accepted.
+    state.demo.stop(DEMO_STOP_WAIT.min(drain_timeout)).await;
     hub.close();
     closing.cancel();
-    if tokio::time::timeout(drain_timeout, public_conns.wait())
+    if tokio::time::timeout_at(drain_deadline, public_conns.wait())
         .await
         .is_err()
     {
