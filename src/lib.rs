@@ -22,11 +22,13 @@
 //! - [`server`] — accept loops, sweeper and graceful drain
 //! - [`telemetry`] — logs and OpenTelemetry trace export
 //! - [`doctor`] — `herald doctor`: checks the proxy path the way a browser sees it
+//! - [`demo`] — the demo apps under `/demo/`: pages, simulated jobs, the broker's figures
 
 pub mod auth;
 pub mod backend;
 pub mod client_ip;
 pub mod config;
+pub mod demo;
 pub mod doctor;
 pub mod http;
 pub mod hub;

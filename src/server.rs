@@ -1,4 +1,5 @@
-//! Serving: accept loops for both listeners, the history sweeper, and the drain.
+//! Serving: accept loops for both listeners, the history sweeper, the demo apps' tasks,
+//! and the drain.
 //!
 //! [`run`] takes bound listeners and any shutdown future, so tests start a real server on
 //! port 0 and stop it at will; `main` passes the signal handler.
@@ -31,6 +32,9 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::settings::{ConnLimits, Settings};
 use crate::write_timeout::WriteTimeout;
+
+/// Longest wait at the drain for the demo jobs to publish their last event and end.
+const DEMO_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Options that are not configuration: how this process was started.
 #[derive(Clone, Default)]
@@ -106,6 +110,7 @@ pub async fn run(
         }
     };
     let state = Arc::new(AppState::new(settings, hub.clone(), backend));
+    crate::demo::Demo::start(&state);
 
     let stop_public = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -185,6 +190,8 @@ pub async fn run(
     state.ready.store(true, Ordering::SeqCst);
     shutdown.await;
     let drain_timeout = state.settings().config.shutdown.drain_timeout;
+    // The demo jobs' wait below counts within the drain, not on top of it.
+    let drain_deadline = tokio::time::Instant::now() + drain_timeout;
 
     // Drain: not ready, no new connections, every stream told to end (spread over the
     // drain window), then wait for the public connections to finish, bounded by the drain
@@ -193,9 +200,11 @@ pub async fn run(
     state.ready.store(false, Ordering::SeqCst);
     stop_public.cancel();
     let public_conns = public.await.unwrap_or_default();
+    // Before the hub closes, so a demo job's `cancelled` event is still accepted.
+    state.demo.stop(DEMO_STOP_WAIT.min(drain_timeout)).await;
     hub.close();
     closing.cancel();
-    if tokio::time::timeout(drain_timeout, public_conns.wait())
+    if tokio::time::timeout_at(drain_deadline, public_conns.wait())
         .await
         .is_err()
     {

@@ -1,4 +1,4 @@
-//! HTTP: the public router (subscribe, publish, demo page) and the admin router
+//! HTTP: the public router (subscribe, publish, demo pages) and the admin router
 //! (metrics, health, stats, publish for private backends).
 //!
 //! Public connections start on the lean path: [`head`] reads request heads itself;
@@ -44,6 +44,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Readiness latch: true once serving, false from the start of shutdown.
     pub ready: AtomicBool,
+    /// The demo apps' jobs and figures publisher (`/demo/...`).
+    pub demo: crate::demo::Demo,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             tickets: crate::tickets::Tickets::new(),
             admission: Admission::new(),
             ready: AtomicBool::new(false),
+            demo: crate::demo::Demo::new(),
             hub,
             backend,
         }
@@ -107,6 +110,7 @@ pub async fn serve_public(
             "text/html; charset=utf-8",
             Bytes::from_static(DEMO_PAGE.as_bytes()),
         ),
+        (_, path) if path.starts_with("/demo/") => crate::demo::serve(&state, &req).await,
         _ => response::not_found(),
     };
     cors::decorate(&state, origin.as_ref(), &mut resp);

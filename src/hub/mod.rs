@@ -450,6 +450,12 @@ impl Hub {
         self.lock_map().len()
     }
 
+    /// Subscribers of `name` on this node; 0 when the node does not hold the channel.
+    pub fn subscriber_count(&self, name: &str) -> usize {
+        let channel = self.lock_map().get(name).cloned();
+        channel.map_or(0, |ch| ch.lock().subscribers)
+    }
+
     /// `(subscribers, channels)` per pattern, a channel counting in the first it
     /// matches; the last entry is for channels matching none.
     pub fn count_by_group(&self, patterns: &[wildmatch::WildMatch]) -> Vec<(usize, usize)> {
