@@ -47,6 +47,8 @@ pub struct Settings {
     pub preamble: Bytes,
     /// `telemetry.metrics_channel_groups`, compiled.
     pub channel_groups: Vec<WildMatch>,
+    /// The demo console and apps are served: `server.demo_page`, or `herald --demo`.
+    pub demo_page: bool,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Settings {
         };
         let limits = &config.limits;
         Ok(Self {
+            demo_page: config.server.demo_page || demo,
             auth: Authorizer::new(&config.auth, jwt, demo),
             hub: HubSettings::from_config(&config),
             stream: StreamSettings {

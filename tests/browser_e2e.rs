@@ -95,10 +95,11 @@ impl Site {
     }
 }
 
-/// A node's config: JSON logs and loopback listeners come from [`HeraldProcess`].
+/// A node's config, behind nginx (whose X-Forwarded-For names the browser).
 fn node_toml(listen: SocketAddr, extra: &str) -> String {
     format!(
         "[server]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         trusted_proxies = [\"127.0.0.1/32\"]\n\
          [sse]\nheartbeat_interval = \"1s\"\nretry = \"{}ms\"\n\
          [shutdown]\ndrain_timeout = \"1s\"\n{extra}",
         RETRY.as_millis()
@@ -176,7 +177,10 @@ async fn publish_feed(site: &Site, n: usize, tag: &str) -> Vec<(String, String)>
     for i in 0..n {
         let kind = ["score", "news", "alert"][i % 3];
         let data = json!({ "text": format!("{tag} {i}") });
-        sent.push((site.publish("demo:feed", kind, data).await, kind.to_string()));
+        sent.push((
+            site.publish("demo:feed", kind, data).await,
+            kind.to_string(),
+        ));
     }
     sent
 }
@@ -209,19 +213,22 @@ async fn feed_across_a_restart(
     // Published while the page waits out `retry`: only its resume can bring them.
     sent.extend(publish_feed(&site, 6, "after").await);
     let connects = browser
-        .eval(feed, "Number(document.querySelector('#state').dataset.connects)")
+        .eval(
+            feed,
+            "Number(document.querySelector('#state').dataset.connects)",
+        )
         .await;
     assert_eq!(
         connects, 1,
         "the page had not reconnected yet when the test published (sse.retry = {RETRY:?})"
     );
     wait_state(&mut browser, feed, "connected", 2).await;
-    let marker = site.publish("demo:feed", "news", json!({ "text": "last" })).await;
+    let marker = site
+        .publish("demo:feed", "news", json!({ "text": "last" }))
+        .await;
     let seen = wait_for_item(&mut browser, feed, &marker).await;
     let reset = reset_shown(&mut browser, feed).await;
-    browser
-        .screenshot(feed, &site.shot(shot))
-        .await;
+    browser.screenshot(feed, &site.shot(shot)).await;
     sent.push((marker, "news".into()));
     (seen, sent, reset)
 }
@@ -254,7 +261,10 @@ async fn with_redis_the_feed_survives_a_herald_restart_with_every_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_memory_backend_a_herald_restart_shows_the_reset() {
     let (seen, sent, reset) = feed_across_a_restart("", "feed-memory-reset").await;
-    assert!(reset, "the new process cannot resume the old one's IDs: reset shown");
+    assert!(
+        reset,
+        "the new process cannot resume the old one's IDs: reset shown"
+    );
     // What was shown before the restart stays; the new process's events follow.
     assert_eq!(seen[..6], sent[..6]);
     assert_eq!(seen.last(), sent.last(), "live again after the reset");
@@ -263,9 +273,9 @@ async fn with_the_memory_backend_a_herald_restart_shows_the_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_from_the_connection_limit_is_waited_out_until_a_slot_frees() {
     let site = Site::start(vec![start_node(
-        "[limits]\nmax_connections = 1\nretry_after = \"1s\"\n",
+        "[limits]\nmax_connections_per_ip = 1\nretry_after = \"1s\"\n",
     )]);
-    // The one slot, held by the test.
+    // The address's one slot, held by the test (the browser comes from 127.0.0.1 too).
     let held = site
         .http
         .get(site.url("/events?channel=demo:feed"))
@@ -274,15 +284,15 @@ async fn a_429_from_the_connection_limit_is_waited_out_until_a_slot_frees() {
         .expect("the holder's stream");
     assert_eq!(held.status(), 200);
     let mut held = EventStream::new(held);
-    held.read_until("retry:", STEP).await.expect("the holder is open");
+    held.read_until("retry:", STEP)
+        .await
+        .expect("the holder is open");
 
     let mut browser = Browser::launch().await;
     let feed = browser.open(&site.url("/demo/feed")).await;
     let refused = "(() => { const s = document.querySelector('#state'); \
                    return s.dataset.state === 'reconnecting' && s.dataset.status; })()";
-    let status = browser
-        .wait(feed, refused, STEP, "the page refused")
-        .await;
+    let status = browser.wait(feed, refused, STEP, "the page refused").await;
     assert_eq!(status, "429", "the page saw the connection limit's answer");
 
     let freed = Instant::now();
@@ -354,9 +364,7 @@ async fn eight_chat_tabs_share_one_stream_and_all_show_every_message() {
     }
     assert_eq!(site.open_streams(0).await, 1.0, "still one stream");
     assert_eq!(role_counts(&mut browser, &tabs).await, (1, TABS - 2));
-    browser
-        .screenshot(tabs[0], &site.shot("chat"))
-        .await;
+    browser.screenshot(tabs[0], &site.shot("chat")).await;
 }
 
 async fn role_counts(browser: &mut Browser, tabs: &[Tab]) -> (usize, usize) {
@@ -418,9 +426,7 @@ async fn the_task_demo_runs_to_100_percent_and_closes_its_stream() {
     // ...and closed by the page when the job says done.
     let closed = wait_for(STEP, || async { site.open_streams(0).await == 0.0 }).await;
     assert!(closed, "the page closed its stream");
-    browser
-        .screenshot(tasks, &site.shot("tasks"))
-        .await;
+    browser.screenshot(tasks, &site.shot("tasks")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,7 +437,12 @@ async fn the_broker_view_follows_the_node() {
     wait_state(&mut browser, view, "connected", 1).await;
     let streams = "Number(document.querySelector('#streams').textContent)";
     browser
-        .wait(view, &format!("{streams} === 1"), STEP, "its own stream counted")
+        .wait(
+            view,
+            &format!("{streams} === 1"),
+            STEP,
+            "its own stream counted",
+        )
         .await;
 
     // Three more streams and a burst of events: the figures follow.
@@ -447,7 +458,12 @@ async fn the_broker_view_follows_the_node() {
         held.push(EventStream::new(resp));
     }
     browser
-        .wait(view, &format!("{streams} === 4"), STEP, "four streams shown")
+        .wait(
+            view,
+            &format!("{streams} === 4"),
+            STEP,
+            "four streams shown",
+        )
         .await;
     for i in 0..20 {
         site.publish("demo:elsewhere", "tick", json!(i)).await;
@@ -461,8 +477,6 @@ async fn the_broker_view_follows_the_node() {
     browser
         .wait(view, points, STEP, "the chart has points")
         .await;
-    browser
-        .screenshot(view, &site.shot("broker"))
-        .await;
+    browser.screenshot(view, &site.shot("broker")).await;
     drop(held);
 }

@@ -27,10 +27,11 @@ const PAGES: [(&str, &str); 5] = [
     ("/demo/style.css", "text/css; charset=utf-8"),
 ];
 
-fn demo_off() -> herald::config::Config {
+/// A node without the demo: `server.demo_page` off and no `--demo`.
+async fn demo_off() -> TestServer {
     let mut config = quick_config();
     config.server.demo_page = false;
-    config
+    TestServer::start_with_options(config, herald::server::RunOptions::default()).await
 }
 
 /// `POST /demo/tasks`: status, the `Retry-After` header, the JSON answer.
@@ -126,7 +127,7 @@ async fn pages_are_served_only_with_the_demo_page_on() {
     assert_eq!(get_json(&on.url("/demo/nothing")).await.0, 404);
     on.stop().await;
 
-    let off = TestServer::start(demo_off()).await;
+    let off = demo_off().await;
     for path in ["/"].into_iter().chain(PAGES.map(|(p, _)| p)) {
         let (status, body) = get_json(&off.url(path)).await;
         assert_eq!(
@@ -272,7 +273,7 @@ async fn broker_figures_follow_what_the_test_does() {
 /// With the demo page off, nothing is published on `demo:broker`, even to a subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_broker_figures_with_the_demo_page_off() {
-    let server = TestServer::start(demo_off()).await;
+    let server = demo_off().await;
     let mut figures =
         SseClient::connect(&server.url(&format!("/events?channel={}", broker::CHANNEL))).await;
     figures.expect_preamble().await;
@@ -288,8 +289,8 @@ async fn no_broker_figures_with_the_demo_page_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_on_one_redis_node_is_followed_on_another() {
     let redis = RedisServer::start(RedisOptions::default());
-    let a = HeraldProcess::spawn(&redis.backend_toml(), &[]);
-    let b = HeraldProcess::spawn(&redis.backend_toml(), &[]);
+    let a = HeraldProcess::spawn(&redis.backend_toml(), &["--demo"]);
+    let b = HeraldProcess::spawn(&redis.backend_toml(), &["--demo"]);
     let (job, mut stream) = job_stream(&a.url("/demo/tasks"), &b.url("")).await;
     let events = events_until_over(&mut stream).await;
     assert_eq!(events.last().unwrap().event_type, "done", "{events:?}");
@@ -303,8 +304,8 @@ async fn a_job_on_one_redis_node_is_followed_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_cancels_running_jobs() {
     let redis = RedisServer::start(RedisOptions::default());
-    let mut a = HeraldProcess::spawn(&redis.backend_toml(), &[]);
-    let b = HeraldProcess::spawn(&redis.backend_toml(), &[]);
+    let mut a = HeraldProcess::spawn(&redis.backend_toml(), &["--demo"]);
+    let b = HeraldProcess::spawn(&redis.backend_toml(), &["--demo"]);
     let (job, mut stream) = job_stream(&a.url("/demo/tasks"), &b.url("")).await;
     let first = stream.next_event(WAIT).await;
     assert_eq!(first.event_type, "progress");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::traffic::{check_deliveries, refusals, Traffic};
 use common::{metric, publish_data, wait_for, wait_until, TestServer};
+use herald::server::RunOptions;
 use support::nginx::{replace_once, Nginx, NginxOptions, LOCATIONS, SITE, UPSTREAM};
 use support::{herald_config, Daemon, EventStream};
 
@@ -381,12 +382,12 @@ async fn the_locations_snippet_serves_herald_from_an_existing_site() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_paths_pass_nginx_herald_js_tickets_and_the_demo_apps() {
     const SECRET: &str = "nginx-kit-ticket-secret-0123456789abcdef";
-    let herald = TestServer::start(herald_config(&format!(
-        "[server]\ndemo_page = false\n\
-         [auth]\nprivate_channels = [\"private:*\"]\n\
+    // Without --demo (nor server.demo_page, off by default): a production node.
+    let config = herald_config(&format!(
+        "[auth]\nprivate_channels = [\"private:*\"]\n\
          [auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
-    )))
-    .await;
+    ));
+    let herald = TestServer::start_with_options(config, RunOptions::default()).await;
     let nginx = Nginx::start_kit(&NginxOptions::new(&[herald.public], "5s"), |_, t| t);
 
     let module = client().get(nginx.url("/herald.js")).send().await.unwrap();

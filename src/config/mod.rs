@@ -50,7 +50,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Operator listener: metrics, health, stats; never exposed through nginx.
     pub admin_listen: SocketAddr,
-    /// Serve the demo page at `/` on the public listener.
+    /// Serve the demo console at `/` and the demo apps under `/demo/` on the public
+    /// listener (`herald --demo` turns them on too).
     pub demo_page: bool,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` name the client (CIDR list).
     pub trusted_proxies: Vec<ipnet::IpNet>,

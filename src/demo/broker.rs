@@ -60,7 +60,7 @@ pub async fn run(state: Arc<AppState>, stop: CancellationToken) {
         }
         let now = Sample::read(state.hub.metrics());
         let previous = std::mem::replace(&mut last, now);
-        if !state.settings().config.server.demo_page || state.hub.subscriber_count(CHANNEL) == 0 {
+        if !state.settings().demo_page || state.hub.subscriber_count(CHANNEL) == 0 {
             continue;
         }
         let data = figures(

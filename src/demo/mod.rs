@@ -128,7 +128,7 @@ impl Demo {
 /// Any request under `/demo/` on the public listener.
 pub async fn serve<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> {
     // Read per request: `server.demo_page` applies at once on reload.
-    if !state.settings().config.server.demo_page {
+    if !state.settings().demo_page {
         return response::not_found();
     }
     let path = req.uri().path();

@@ -5,6 +5,10 @@
 //   const stream = connect("/events?channel=news", {
 //     onEvent: (e) => console.log(e.type, e.id, e.data),
 //     onReset: (info) => refetchState(info),          // history could not bridge the gap
+//     onOpen: (info) => {},  // {connects, lastEventId}
+//     onError: (info) => {}, // down, and retried by itself: {status, retryAfter, body} for
+//                            // a refusal, {error} for the network, {ended: true} when
+//                            // herald ended the stream (lifetime, drain)
 //   });
 //   stream.close();
 //
@@ -199,6 +203,7 @@ function direct(url, options) {
         state.attempt += 1;
       } else {
         // The stream ended (lifetime, drain): herald's retry hint is the wait.
+        onError({ ended: true });
         delay = state.retryMs;
       }
       await new Promise((resolve) => setTimeout(resolve, delay));

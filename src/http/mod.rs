@@ -105,7 +105,7 @@ pub async fn serve_public(
             );
             resp
         }
-        (&Method::GET, "/") if state.settings().config.server.demo_page => response::full(
+        (&Method::GET, "/") if state.settings().demo_page => response::full(
             StatusCode::OK,
             "text/html; charset=utf-8",
             Bytes::from_static(DEMO_PAGE.as_bytes()),

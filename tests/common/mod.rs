@@ -27,6 +27,8 @@ pub fn test_config() -> Config {
     let mut c = Config::load_with_env(None, Vec::new()).expect("defaults load");
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    // The demo console and apps, as with `herald --demo` (off by default).
+    c.server.demo_page = true;
     c
 }
 

@@ -108,7 +108,11 @@ test("a 429 is waited out (Retry-After) and the stream opens once a slot frees",
 
 test("streams herald ends are resumed with Last-Event-ID: every event once", async () => {
   const seen = [];
-  const stream = connect(`${SHORT}/events?channel=js-resume`, { onEvent: (e) => seen.push(e.data) });
+  let ends = 0;
+  const stream = connect(`${SHORT}/events?channel=js-resume`, {
+    onEvent: (e) => seen.push(e.data),
+    onError: (e) => (ends += e.ended ? 1 : 0),
+  });
   await until(() => stream.connects === 1, 5000, "connected");
   const sent = [];
   // Publish across at least two of herald's stream ends (lifetime 1 s).
@@ -124,6 +128,7 @@ test("streams herald ends are resumed with Last-Event-ID: every event once", asy
   stream.close();
   assert.deepEqual(seen, sent, "each event exactly once, in order");
   assert.ok(stream.connects >= 3, `reconnected ${stream.connects - 1} times`);
+  assert.ok(ends >= stream.connects - 1, `onError told of ${ends} ends`);
 });
 
 test("a ticket is fetched before every (re)connect to a private channel", async () => {

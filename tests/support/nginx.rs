@@ -297,7 +297,9 @@ impl Nginx {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let pid = fs::read_to_string(&pid_file).unwrap_or_default();
-                if pid.trim() == daemon.pid().to_string() {
+                // The pid file is written before the master forks its worker: wait for
+                // that too, so a test that looks at the workers finds one.
+                if pid.trim() == daemon.pid().to_string() && !children_of(daemon.pid()).is_empty() {
                     return Self {
                         daemon,
                         port,
