@@ -253,6 +253,9 @@ async fn streams_end_after_max_connection_lifetime_with_a_retry_hint() {
         let asked = Instant::now();
         let mut s = SseClient::connect(&url).await;
         assert_eq!(s.status, 200);
+        // Said up front: the connection ends with the stream, so no client (nor nginx's
+        // upstream keep-alive cache) may send its next request on it.
+        assert_eq!(s.header("connection"), Some("close"));
         s.expect_preamble().await;
         streams.push((asked, Instant::now(), s));
     }

@@ -78,7 +78,7 @@ pub enum Framing {
     KeepAlive,
     /// A complete body with `content-length`, then the connection closes.
     Close,
-    /// A stream in chunks (HTTP/1.1).
+    /// A stream in chunks (HTTP/1.1), then the connection closes.
     Chunked,
     /// A stream delimited by closing the connection (HTTP/1.0).
     UntilClose,
@@ -115,7 +115,11 @@ pub fn write_head(
     match framing {
         Framing::KeepAlive => {}
         Framing::Close | Framing::UntilClose => out.put_slice(b"connection: close\r\n"),
-        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        // The connection closes after the stream, always: said up front, so that neither
+        // a browser nor nginx's upstream keep-alive cache reuses it for the next request
+        // once the last chunk arrives (it would race the close, and a POST sent on it
+        // fails rather than being retried).
+        Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n"),
     }
     out.put_slice(b"\r\n");
 }

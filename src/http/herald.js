@@ -265,6 +265,7 @@ function shared(url, options, locks, Channel) {
 
   locks
     .request(name, { signal: quit.signal }, () => {
+      if (quit.signal.aborted) return; // closed as the lock came
       role = "leader";
       onRole(role);
       stream = direct(url, {

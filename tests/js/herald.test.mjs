@@ -1,11 +1,24 @@
 // herald.js against real herald nodes (started by tests/herald_js.rs, URLs in the
 // environment), with node's own test runner: no browser needed for what is tested here.
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 
 const lib = process.env.HERALD_JS;
-const { connect, Parser, backoffDelay } = await import(lib);
+const { connect: connectStream, Parser, backoffDelay } = await import(lib);
+
+// Every stream a test opens is closed after it, also when it fails: an open stream would
+// keep node running until the file's timeout, hiding which test failed.
+const opened = new Set();
+const connect = (url, options) => {
+  const stream = connectStream(url, options);
+  opened.add(stream);
+  return stream;
+};
+afterEach(() => {
+  for (const stream of opened) stream.close();
+  opened.clear();
+});
 const PLAIN = process.env.HERALD_PLAIN; // defaults, demo publishing
 const CAPPED = process.env.HERALD_CAPPED; // one stream per IP, Retry-After 1 s
 const SHORT = process.env.HERALD_SHORT; // streams end after 1 s, retry 100 ms
