@@ -19,12 +19,13 @@ const WAIT: Duration = Duration::from_secs(5);
 /// A job takes 2 to 6 s; a debug build on a busy machine gets some slack.
 const JOB_WAIT: Duration = Duration::from_secs(20);
 
-const PAGES: [(&str, &str); 5] = [
+const PAGES: [(&str, &str); 6] = [
     ("/demo/chat", "text/html; charset=utf-8"),
     ("/demo/tasks", "text/html; charset=utf-8"),
     ("/demo/feed", "text/html; charset=utf-8"),
     ("/demo/broker", "text/html; charset=utf-8"),
     ("/demo/style.css", "text/css; charset=utf-8"),
+    ("/demo/page.js", "text/javascript; charset=utf-8"),
 ];
 
 /// A node without the demo: `server.demo_page` off and no `--demo`.
@@ -99,6 +100,13 @@ async fn pages_are_served_only_with_the_demo_page_on() {
         let body = resp.text().await.unwrap();
         if path.ends_with(".css") {
             assert!(body.contains("--accent"), "the console's variables");
+            continue;
+        }
+        if path.ends_with(".js") {
+            assert!(
+                body.contains("export function setState"),
+                "the pages' module"
+            );
             continue;
         }
         assert!(

@@ -64,6 +64,12 @@ const PAGES: &[Page] = &[
         content_type: "text/css; charset=utf-8",
         body: include_str!("pages/style.css"),
     },
+    // The few lines of script the four pages share (the state badge, the notice).
+    Page {
+        path: "/demo/page.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("pages/page.js"),
+    },
 ];
 
 /// The demo apps' running parts on one node.
