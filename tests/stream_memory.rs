@@ -1,7 +1,7 @@
 //! Memory per open event stream, on the real binary: the lean stream path keeps well under
-//! 2.5 KiB per stream, and no other request path may make every connection task larger. (Once the
-//! publish path's state was inlined into the connection task: idle streams went from 3.2 to
-//! 8.3 KiB each, and only `make bench` noticed.)
+//! 2.5 KiB per stream, and no other request path may make every connection task larger.
+//! (Once the publish path's state was inlined into the connection task: idle streams went
+//! from 3.2 to 8.3 KiB each, and only `make bench` noticed.)
 
 mod common;
 #[path = "common/hardening.rs"]
