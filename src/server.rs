@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::config::Config;
-use crate::http::direct;
+use crate::http::direct::{self, Pump, StreamTask};
 use crate::http::direct_publish::{self, After};
 use crate::http::head::{self, Head};
 use crate::http::prefixed::Prefixed;
@@ -262,13 +262,26 @@ where
 
 /// A public connection on the lean path: event streams and plain publishes are served
 /// here; the first other request hands the connection to hyper for the rest of its life.
-async fn serve_public_connection(
+/// Its task holds only the stream's pump once a stream is open (see [`StreamTask`]).
+fn serve_public_connection(
+    state: Arc<AppState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnLimits,
+    closing: CancellationToken,
+) -> StreamTask {
+    StreamTask::new(open_public_connection(state, stream, peer, limits, closing))
+}
+
+/// The first request of a public connection: a subscription hands back its stream to
+/// pump; anything else is served to the end of the connection here.
+async fn open_public_connection(
     state: Arc<AppState>,
     mut stream: TcpStream,
     peer: SocketAddr,
     limits: ConnLimits,
     closing: CancellationToken,
-) {
+) -> Option<Pump> {
     if limits.send_buffer_bytes > 0 {
         // Without a cap, Linux lets a loopback peer (nginx on the same host) grow the send
         // buffer to megabytes: a client that stopped reading would hold that much before
@@ -278,21 +291,22 @@ async fn serve_public_connection(
     let mut buf = Vec::new();
     let first = tokio::select! {
         next = head::read(&mut stream, &mut buf, limits.max_header_bytes, limits.header_read_timeout) => next,
-        _ = closing.cancelled() => return,
+        _ = closing.cancelled() => return None,
     };
-    // Boxed: a publish's state (and hyper's) is large, and an unboxed branch would size
-    // every connection task, idle event streams included, to fit it.
+    // Boxed: a publish's state (and hyper's) is large, and an unboxed branch would make
+    // every connection's opening, subscriptions included, reserve room for it.
     match first {
         Head::Subscribe(req) => {
             // A stream lives for hours: it must not keep the head buffer.
             drop(buf);
-            direct::serve_subscription(state, stream, req, peer).await
+            direct::open_subscription(state, stream, req, peer).await
         }
         other => {
             Box::pin(serve_requests(
                 state, stream, buf, other, peer, limits, closing,
             ))
-            .await
+            .await;
+            None
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Request, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use tokio::io::Interest;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,45 +28,127 @@ use super::AppState;
 /// Serve one subscription on `io` and close the connection when it ends.
 pub async fn serve_subscription(
     state: Arc<AppState>,
-    mut io: TcpStream,
+    io: TcpStream,
     req: Request<()>,
     peer: SocketAddr,
 ) {
+    if let Some(pump) = open_subscription(state, io, req, peer).await {
+        pump.await
+    }
+}
+
+/// Answer a subscribe request: the stream to pump, or `None` once a complete answer (a
+/// refusal) is written.
+pub async fn open_subscription(
+    state: Arc<AppState>,
+    mut io: TcpStream,
+    req: Request<()>,
+    peer: SocketAddr,
+) -> Option<Pump> {
     let chunked = req.version() == Version::HTTP_11;
-    // Boxed: the subscribe future (a Redis follow may wait in it) is freed before the
-    // stream starts, instead of reserving room in this task for the stream's whole life.
-    let resp = Box::pin(super::subscribe_response(&state, &req, peer)).await;
-    drop(req);
-    let (parts, body) = resp.into_parts();
-    let mut head = BytesMut::with_capacity(256);
-    let (length, framing) = match &body {
-        Either::Left(full) => (http_body::Body::size_hint(full).exact(), Framing::Close),
-        Either::Right(_) if chunked => (None, Framing::Chunked),
-        Either::Right(_) => (None, Framing::UntilClose),
-    };
-    write_head(&mut head, &parts, length, framing);
     let write_timeout = state.settings().conn.write_timeout;
     let timeouts = state.hub.metrics().write_timeouts.clone();
-    match body {
-        Either::Left(full) => {
-            let mut out = head;
-            let Ok(collected) = http_body_util::BodyExt::collect(full).await;
-            out.put_slice(&collected.to_bytes());
-            let _ = write_within(&mut io, &out, write_timeout, &timeouts).await;
+    let resp = super::subscribe_response(&state, &req, peer).await;
+    drop(req);
+    match Answer::new(resp, chunked) {
+        Answer::Stream { head, stream } => Some(Pump {
+            io,
+            stream,
+            head: Some(head),
+            backlog: None,
+            stall: None,
+            write_timeout,
+            timeouts,
+            chunked,
+            finished: false,
+        }),
+        Answer::Complete { mut head, body } => {
+            let Ok(collected) = http_body_util::BodyExt::collect(body).await;
+            head.put_slice(&collected.to_bytes());
+            let _ = write_within(&mut io, &head, write_timeout, &timeouts).await;
+            None
         }
-        Either::Right(stream) => {
-            Pump {
-                io,
-                stream,
-                head: Some(head.freeze()),
-                backlog: None,
-                stall: None,
-                write_timeout,
-                timeouts,
-                chunked,
-                finished: false,
+    }
+}
+
+/// The task of a connection that may become an event stream: its opening (the request
+/// head, the subscribe, a refusal: boxed, and freed once done), then its [`Pump`].
+///
+/// Why: this is what an idle stream's task holds for hours. An `async fn` awaiting the
+/// pump would keep room for every earlier await point's state too (the head read, the
+/// request, the subscribe, the response head): ~1.9 KiB per task where the pump alone
+/// is under 400 bytes (`tests::a_stream_task_holds_only_its_pump`).
+pub struct StreamTask {
+    phase: Phase,
+}
+
+// The stream is the variant that lives for hours and the opening is boxed on purpose:
+// boxing the pump too would add an allocation and save nothing.
+#[allow(clippy::large_enum_variant)]
+enum Phase {
+    Opening(Pin<Box<dyn Future<Output = Option<Pump>> + Send>>),
+    Streaming(Pump),
+}
+
+impl StreamTask {
+    /// `opening` reads and answers what the connection asks for, and hands back the
+    /// stream to pump if it was a subscription.
+    pub fn new(opening: impl Future<Output = Option<Pump>> + Send + 'static) -> Self {
+        Self {
+            phase: Phase::Opening(Box::pin(opening)),
+        }
+    }
+}
+
+impl Future for StreamTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Opening(opening) => match opening.as_mut().poll(cx) {
+                    Poll::Ready(Some(pump)) => this.phase = Phase::Streaming(pump),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Streaming(pump) => return Pin::new(pump).poll(cx),
             }
-            .await
+        }
+    }
+}
+
+/// A subscribe response, taken apart: its head on the wire, and its body.
+// Returned once per subscription and taken apart at once.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    Stream { head: Bytes, stream: SseStream },
+    Complete { head: BytesMut, body: Full<Bytes> },
+}
+
+impl Answer {
+    /// The head is written here, so the response's `HeaderMap` is dropped on return.
+    fn new(resp: http::Response<super::response::Body>, chunked: bool) -> Self {
+        let (parts, body) = resp.into_parts();
+        let mut head = BytesMut::with_capacity(256);
+        match body {
+            Either::Left(full) => {
+                let length = http_body::Body::size_hint(&full).exact();
+                write_head(&mut head, &parts, length, Framing::Close);
+                Answer::Complete { head, body: full }
+            }
+            Either::Right(stream) => {
+                let framing = if chunked {
+                    Framing::Chunked
+                } else {
+                    Framing::UntilClose
+                };
+                write_head(&mut head, &parts, None, framing);
+                Answer::Stream {
+                    head: head.freeze(),
+                    stream,
+                }
+            }
         }
     }
 }
@@ -127,7 +209,7 @@ pub fn write_head(
 /// Streams events until the stream ends or the client goes away. Written as a plain
 /// future rather than an `async fn`: this state lives as long as the stream (hours), and
 /// an `async` state machine would reserve room for every await point's locals at once.
-struct Pump {
+pub struct Pump {
     io: TcpStream,
     stream: SseStream,
     /// The response head, sent with the first chunks.
@@ -397,5 +479,20 @@ mod tests {
             let n = chunk_size_line(len, &mut out);
             assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "{len}");
         }
+    }
+
+    /// An idle stream's task is this future plus tokio's task header and trailer
+    /// (~120 bytes), rounded up to 128: 512 bytes in a release build (see the README,
+    /// "Where an idle stream's memory goes"). Debug builds of tokio add 8 bytes to a
+    /// `TcpStream`.
+    #[test]
+    fn a_stream_task_holds_only_its_pump() {
+        let task = std::mem::size_of::<StreamTask>();
+        assert_eq!(task, std::mem::size_of::<Pump>(), "no room beyond the pump");
+        let budget = if cfg!(debug_assertions) { 392 } else { 384 };
+        assert!(
+            task <= budget,
+            "a stream task is {task} bytes (budget {budget})"
+        );
     }
 }
