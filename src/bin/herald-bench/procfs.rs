@@ -1,4 +1,5 @@
-//! Memory and CPU of the broker under test (and of the tool itself), from /proc.
+//! Memory and CPU of the broker under test (and of the tool itself), from /proc; and the
+//! busy time of one core from /proc/stat, whoever spent it.
 
 use std::io;
 
@@ -79,14 +80,131 @@ fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
+/// One core's time from /proc/stat, microseconds since boot, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CoreSample {
+    /// user + nice (userland of every process on the core).
+    pub user_us: u64,
+    /// system: syscalls and kernel threads, outside interrupts.
+    pub system_us: u64,
+    /// softirq: network receive and transmit completion, timers, RCU.
+    pub softirq_us: u64,
+    /// irq: hardware interrupts and IPIs.
+    pub irq_us: u64,
+    /// idle + iowait.
+    pub idle_us: u64,
+}
+
+impl CoreSample {
+    /// Time the core did work, whoever for: user + nice + system + irq + softirq (steal,
+    /// time the hypervisor ran something else, is neither work nor idle here).
+    pub fn busy_us(&self) -> u64 {
+        self.user_us + self.system_us + self.softirq_us + self.irq_us
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &CoreSample) -> CoreSample {
+        CoreSample {
+            user_us: self.user_us.saturating_sub(earlier.user_us),
+            system_us: self.system_us.saturating_sub(earlier.system_us),
+            softirq_us: self.softirq_us.saturating_sub(earlier.softirq_us),
+            irq_us: self.irq_us.saturating_sub(earlier.irq_us),
+            idle_us: self.idle_us.saturating_sub(earlier.idle_us),
+        }
+    }
+}
+
+/// Core `core`'s times now.
+pub fn sample_core(core: usize) -> io::Result<CoreSample> {
+    sample_cpu_line(&format!("cpu{core}"))
+}
+
+/// The whole machine's times now (every core summed).
+pub fn sample_machine() -> io::Result<CoreSample> {
+    sample_cpu_line("cpu")
+}
+
+fn sample_cpu_line(name: &str) -> io::Result<CoreSample> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    parse_cpu_line(&stat, name, ticks_per_second()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("/proc/stat has no line for {name}"),
+        )
+    })
+}
+
+/// The `cpuN` line of /proc/stat: `cpuN user nice system idle iowait irq softirq steal ...`,
+/// in USER_HZ ticks.
+#[cfg(test)]
+fn parse_core(stat: &str, core: usize, ticks_per_second: u64) -> Option<CoreSample> {
+    parse_cpu_line(stat, &format!("cpu{core}"), ticks_per_second)
+}
+
+/// The line of /proc/stat named `name` (`cpu`: all cores; `cpuN`: one).
+fn parse_cpu_line(stat: &str, name: &str, ticks_per_second: u64) -> Option<CoreSample> {
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if t.len() < 7 {
+        return None;
+    }
+    let us = |ticks: u64| ticks * 1_000_000 / ticks_per_second.max(1);
+    Some(CoreSample {
+        user_us: us(t[0] + t[1]),
+        system_us: us(t[2]),
+        idle_us: us(t[3] + t[4]),
+        irq_us: us(t[5]),
+        softirq_us: us(t[6]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn parses_one_core_of_proc_stat() {
+        let stat = "cpu  55733 13991 11665 115504 302 0 62 78 0 0\n\
+                    cpu0 27852 6615 5524 58578 40 3 11 37 0 0\n\
+                    cpu1 27880 7375 6140 56925 261 0 50 41 0 0\n\
+                    cpu10 1 1 1 1 1 1 1 1 0 0\nintr 1 2 3\n";
+        let c0 = parse_core(stat, 0, 100).unwrap();
+        assert_eq!(c0.user_us, (27852 + 6615) * 10_000);
+        assert_eq!(c0.system_us, 5524 * 10_000);
+        assert_eq!(c0.idle_us, (58578 + 40) * 10_000);
+        assert_eq!(c0.irq_us, 3 * 10_000);
+        assert_eq!(c0.softirq_us, 11 * 10_000);
+        assert_eq!(c0.busy_us(), (27852 + 6615 + 5524 + 3 + 11) * 10_000);
+        // `cpu1` is not a prefix match for `cpu10`, nor the total line for `cpu`.
+        assert_eq!(parse_core(stat, 1, 100).unwrap().softirq_us, 50 * 10_000);
+        assert_eq!(parse_core(stat, 10, 100).unwrap().busy_us(), 4 * 10_000);
+        assert_eq!(parse_core(stat, 2, 100), None);
+        let all = parse_cpu_line(stat, "cpu", 100).unwrap();
+        assert_eq!(all.user_us, (55733 + 13991) * 10_000);
+        assert_eq!(parse_core("cpu0 1 2 x 4 5 6 7\n", 0, 100), None);
+        let later = CoreSample {
+            softirq_us: c0.softirq_us + 5,
+            ..c0
+        };
+        assert_eq!(later.since(&c0).busy_us(), 5);
+    }
+
+    #[test]
+    fn samples_a_core_of_this_machine() {
+        assert!(sample_core(0).unwrap().busy_us() + sample_core(0).unwrap().idle_us > 0);
+        assert!(sample_core(100_000).is_err());
+    }
+
+    #[test]
     fn parses_proc_files() {
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   1234 kB\n"), Some(1234));
-        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0";
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 6 4 20 0 4 0";
         assert_eq!(parse_cpu_ticks(stat), Some((250, 75)));
     }
 
