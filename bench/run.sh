@@ -46,7 +46,7 @@ cd "$ROOT"
 SUBS="${BENCH_SUBSCRIBERS:-10000}"
 BATCH="${BENCH_BATCH:-100}"
 REPEAT="${BENCH_REPEAT:-1}"
-WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
+WORKLOADS="${BENCH_WORKLOADS:-idle fanout-2 fanout-2-python fanout-50 fanout-50-coalesced publish publish-batch storm channels-10k}"
 WANT_BROKERS="${BENCH_BROKERS:-herald herald-redis nchan baseline floor}"
 NET="${BENCH_NET:-veth}"
 QUIET_PERCENT="${BENCH_QUIET_PERCENT:-25}"
@@ -72,6 +72,7 @@ NGINX_PID=""
 BASELINE_PID=""
 FLOOR_PID=""
 REDIS_PID=""
+CLIENT_PID=""
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -134,6 +135,7 @@ stop_pid() {
 }
 
 cleanup() {
+    if [ -n "$CLIENT_PID" ]; then kill "$CLIENT_PID" 2>/dev/null || true; fi
     if declare -F stop_brokers >/dev/null; then stop_brokers 5; fi
     if [ -n "$NETNS_ID" ]; then "$ROOT/bench/netns.sh" down "$NETNS_ID" || true; fi
     rm -rf "$SCRATCH"
@@ -347,7 +349,9 @@ workload_args() {
     local workload=$1 broker=$2
     # The floor is a measuring stick for one write per event, not a broker.
     case "$broker:$workload" in
-        floor:idle | floor:fanout-2 | floor:fanout-50 | floor:publish) ;;
+        floor:idle | floor:fanout-2 | floor:fanout-2-python | floor:fanout-50 | floor:publish) ;;
+        # The independent client's cross-check: herald, Nchan and the floor.
+        baseline:fanout-2-python | herald-redis:fanout-2-python) return 0 ;;
         floor:*) return 0 ;;
         # The Redis backend: every workload but the connect storm and coalescing, which
         # do not touch it.
@@ -356,6 +360,8 @@ workload_args() {
     case "$workload" in
         idle) echo "--subscribers $SUBS --duration 3 --settle 3" ;;
         fanout-2) echo "--subscribers $SUBS --rate 2 --duration 15" ;;
+        # The same load, the streams held by bench/sse_client.py (herald-bench publishes).
+        fanout-2-python) echo "--subscribers 0 --rate 2 --duration 15 --settle 0" ;;
         fanout-50) echo "--subscribers $SUBS --rate 50 --duration 10" ;;
         # herald with sse.coalesce_window = 250ms: fewer, fuller writes per subscriber.
         fanout-50-coalesced) [ "$broker" = herald ] && echo "--subscribers $SUBS --rate 50 --duration 10" ;;
@@ -365,6 +371,46 @@ workload_args() {
         storm) echo "--subscribers $SUBS --connect-rate 10000 --duration 2 --settle 0.5" ;;
         channels-10k) echo "--subscribers $SUBS --channels $SUBS --rate 10000 --duration 10" ;;
     esac
+}
+
+# fanout-2-python: bench/sse_client.py holds the $SUBS streams (in the load namespace, on
+# the load core) while herald-bench only publishes; its counts and latencies go into the
+# run's report as `.crosscheck`, with the broker's CPU per event it received.
+start_python_client() {
+    local url=$1 i
+    rm -f "$SCRATCH/client.out" "$SCRATCH/client.err"
+    mkfifo "$SCRATCH/client.in" 2>/dev/null || true
+    "${IN_LOAD[@]}" "${PIN_LOAD[@]}" python3 "$ROOT/bench/sse_client.py" "$url" "$SUBS" \
+        <"$SCRATCH/client.in" >"$SCRATCH/client.out" 2>"$SCRATCH/client.err" &
+    CLIENT_PID=$!
+    exec 7>"$SCRATCH/client.in"
+    for i in $(seq 1 600); do
+        grep -q '^ready' "$SCRATCH/client.err" 2>/dev/null && break
+        kill -0 "$CLIENT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench: sse_client.py: $(cat "$SCRATCH/client.err" 2>/dev/null)" >&2
+    sleep 1
+}
+
+stop_python_client() {
+    local report=$1
+    [ -n "$CLIENT_PID" ] || return 0
+    echo stop >&7 2>/dev/null || true
+    exec 7>&-
+    wait "$CLIENT_PID" 2>/dev/null || true
+    CLIENT_PID=""
+    [ -f "$report" ] && [ -s "$SCRATCH/client.out" ] && command -v jq >/dev/null || return 0
+    jq --slurpfile c "$SCRATCH/client.out" '
+        .crosscheck = ($c[0] + {
+            expected: (.published * $c[0].streams),
+            missing: ((.published * $c[0].streams) - $c[0].events),
+            process_cpu_us_per_delivery: (if $c[0].events > 0 and .target != null
+                then .target.cpu_s * 1e6 / $c[0].events else null end),
+            core_cpu_us_per_delivery: (if $c[0].events > 0 and .broker_core != null
+                then .broker_core.cpu_s * 1e6 / $c[0].events else null end)})' \
+        "$report" >"$report.tmp" && mv "$report.tmp" "$report"
+    jq -r '"bench: sse_client.py received \(.crosscheck.events) of \(.crosscheck.expected) events, p99 \(.crosscheck.latency_ms.p99) ms; broker CPU per delivery: process \(.crosscheck.process_cpu_us_per_delivery) us, core \(.crosscheck.core_cpu_us_per_delivery) us"' "$report" >&2
 }
 
 # Redis's memory after a run (before: $2, bytes) into its report, as MiB: `.redis`.
@@ -386,7 +432,7 @@ record_redis_memory() {
 
 for workload in $WORKLOADS; do
     case "$workload" in
-        idle | fanout-2 | fanout-50 | fanout-50-coalesced | publish | publish-batch | storm | channels-10k) ;;
+        idle | fanout-2 | fanout-2-python | fanout-50 | fanout-50-coalesced | publish | publish-batch | storm | channels-10k) ;;
         *) echo "bench: unknown workload $workload" >&2; exit 64 ;;
     esac
 done
@@ -426,6 +472,7 @@ for workload in $WORKLOADS; do
             esac
             run="$workload-$broker-$rep"
             [ "$broker" = herald-redis ] && redis_before="$(redis_memory used_memory)"
+            [ "$workload" = fanout-2-python ] && start_python_client "${urls[1]}"
             log "$workload / $broker (run $rep of $REPEAT): herald-bench $args"
             # shellcheck disable=SC2086 # $args is a list of flags
             if ! "${IN_LOAD[@]}" "${PIN_LOAD[@]}" "$BENCH" "${urls[@]}" $args "${TARGET_PIDS[@]}" "${CORE_ARGS[@]}" \
@@ -434,6 +481,7 @@ for workload in $WORKLOADS; do
                 echo "bench: $workload / $broker failed (see $RUNS/$run.log)" >&2
             fi
             [ "$broker" = herald-redis ] && record_redis_memory "$RUNS/$run.json" "$redis_before"
+            [ "$workload" = fanout-2-python ] && stop_python_client "$RUNS/$run.json"
             stop_brokers
         done
     done

@@ -5,6 +5,7 @@
 pub const WORKLOADS: &[&str] = &[
     "idle",
     "fanout-2",
+    "fanout-2-python",
     "fanout-50",
     "fanout-50-coalesced",
     "publish",
@@ -52,6 +53,7 @@ const fn row(
 
 const FANOUT_2: &str = "fanout-2";
 const FANOUT_50: &str = "fanout-50";
+const PYTHON: &str = "fanout-2-python";
 const COALESCED: &str = "fanout-50-coalesced";
 const CHANNELS: &str = "channels-10k";
 const DELIVERY: &str = "/target/cpu_us_per_delivery";
@@ -141,6 +143,34 @@ pub const FIGURES: &[Figure] = &[
             "<= 0.2x Nchan",
         )
     },
+    row(
+        "independent client (bench/sse_client.py) at 2 events/s: broker core CPU per delivery, us",
+        PYTHON,
+        "/crosscheck/core_cpu_us_per_delivery",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: broker process CPU per delivery, us",
+        PYTHON,
+        "/crosscheck/process_cpu_us_per_delivery",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: latency p99, ms",
+        PYTHON,
+        "/crosscheck/latency_ms/p99",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: events missing",
+        PYTHON,
+        "/crosscheck/missing",
+        0,
+        "0",
+    ),
     row(
         "broker core CPU per delivery at 50 events/s, us",
         FANOUT_50,
