@@ -63,7 +63,11 @@ BASELINE_PORT=18082
 FLOOR_PORT=18083
 REDIS_PORT=18379
 RESULTS="$ROOT/bench/results"
-RUNS="$RESULTS/runs"
+# veth (the default) writes latest.md, latest.json and runs/; loopback latest-loopback.md,
+# latest-loopback.json and runs-loopback/, so that one run of each stands side by side.
+SUFFIX=""
+[ "${BENCH_NET:-veth}" = loopback ] && SUFFIX="-loopback"
+RUNS="$RESULTS/runs$SUFFIX"
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/herald-bench.XXXXXX")"
 
 HERALD_PID=""
@@ -487,9 +491,9 @@ for workload in $WORKLOADS; do
     done
 done
 
-log "side by side (bench/results/latest.md)"
+log "side by side (bench/results/latest$SUFFIX.md)"
 "$BENCH" compare "$RUNS" --ratio herald-redis/herald --ratio herald/floor \
-    --markdown "$RESULTS/latest.md" --json "$RESULTS/latest.json" \
+    --markdown "$RESULTS/latest$SUFFIX.md" --json "$RESULTS/latest$SUFFIX.json" \
     --note "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?'); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //') with $(dpkg-query -W -f='libnginx-mod-nchan ${Version}' libnginx-mod-nchan 2>/dev/null || echo 'Nchan'); $("$REDIS_SERVER" --version 2>/dev/null | cut -d' ' -f1-3 || echo 'no redis-server')" \
     --note "network: $NET$([ "$NET" = veth ] && echo ' (namespaces joined by a veth pair, RPS: receive work of each side on its own core)'); $SUBS streams, ~100-byte events; broker on core 0, load on core 1; $REPEAT run(s) of each; bench/run.sh took $(( $(date +%s) - started )) s" \
     --note "machine load: $UPTIME_BEFORE before, $(uptime | sed 's/.*load average/load average/') after"
