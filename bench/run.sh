@@ -410,9 +410,9 @@ stop_python_client() {
             expected: (.published * $c[0].streams),
             missing: ((.published * $c[0].streams) - $c[0].events),
             process_cpu_us_per_delivery: (if $c[0].events > 0 and .target != null
-                then .target.cpu_s * 1e6 / $c[0].events else null end),
+                then .target.oncpu_s * 1e6 / $c[0].events else null end),
             core_cpu_us_per_delivery: (if $c[0].events > 0 and .broker_core != null
-                then .broker_core.cpu_s * 1e6 / $c[0].events else null end)})' \
+                then .broker_core.awake_s * 1e6 / $c[0].events else null end)})' \
         "$report" >"$report.tmp" && mv "$report.tmp" "$report"
     jq -r '"bench: sse_client.py received \(.crosscheck.events) of \(.crosscheck.expected) events, p99 \(.crosscheck.latency_ms.p99) ms; broker CPU per delivery: process \(.crosscheck.process_cpu_us_per_delivery) us, core \(.crosscheck.core_cpu_us_per_delivery) us"' "$report" >&2
 }

@@ -194,11 +194,11 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             fmt(n("/missing"), 0),
             fmt(n("/duplicates"), 0),
             fmt(n("/target/rss_per_subscriber_kib"), 2),
-            fmt(n("/target/cpu_us_per_delivery"), 2),
-            fmt(n("/broker_core/cpu_us_per_delivery"), 2),
-            fmt(n("/backend/cpu_us_per_delivery"), 3),
+            fmt(n("/target/oncpu_us_per_delivery"), 2),
+            fmt(n("/broker_core/awake_us_per_delivery"), 2),
+            fmt(n("/backend/oncpu_us_per_delivery"), 3),
             fmt(n("/load_cpu_percent"), 0),
-            fmt(n("/load_core/busy_percent"), 0),
+            fmt(n("/load_core/awake_percent"), 0),
             fmt(n("/others_cpu_percent"), 0),
             text(r, "/limit"),
         );
@@ -365,9 +365,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let report = |broker: &str, herald: f64, redis: Option<f64>| {
             let mut r = json!({"label": "fanout-2", "broker": broker,
-                "target": {"cpu_us_per_delivery": herald}});
+                "target": {"oncpu_us_per_delivery": herald}});
             if let Some(redis) = redis {
-                r["backend"] = json!({"cpu_us_per_delivery": redis});
+                r["backend"] = json!({"oncpu_us_per_delivery": redis});
             }
             std::fs::write(dir.path().join(format!("{broker}.json")), r.to_string()).unwrap();
         };

@@ -142,6 +142,7 @@ fn build_core(
     let d = end.since(&start);
     let percent = |us: u64| us as f64 / 1e6 / window_s.max(1e-9) * 100.0;
     let busy = d.busy_us() as f64;
+    let awake = (window_s * 1e6 - d.idle_us as f64).max(0.0);
     CoreCpu {
         core,
         cpu_s: busy / 1e6,
@@ -152,6 +153,12 @@ fn build_core(
         irq_percent: percent(d.irq_us),
         cpu_us_per_delivery: (delivered > 0).then(|| busy / delivered as f64),
         cpu_us_per_published: (published > 0).then(|| busy / published as f64),
+        awake_s: awake / 1e6,
+        awake_percent: awake / 1e6 / window_s.max(1e-9) * 100.0,
+        awake_us_per_delivery: (delivered > 0).then(|| awake / delivered as f64),
+        awake_us_per_published: (published > 0).then(|| awake / published as f64),
+        rps_ipis: d.rps_ipis,
+        backlog_drops: d.backlog_drops,
         rest_busy_percent,
         error: None,
     }
@@ -249,6 +256,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     let window_start = Instant::now();
     let tool_start = tool_cpu_us(&workers);
     let target_start = sample_watched(args);
+    let cores_start_at = Instant::now();
     let cores_start = sample_cores(args);
     let machine_start = procfs::sample_machine().ok();
     let unique_at_start = agg.totals().unique;
@@ -320,6 +328,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     let tool_end = tool_cpu_us(&workers);
     let target_end = sample_watched(args);
     let cores_end = sample_cores(args);
+    let cores_window = Instant::now().duration_since(cores_start_at).as_secs_f64();
     let machine = machine_start
         .zip(procfs::sample_machine().ok())
         .map(|(start, end)| end.since(&start));
@@ -377,19 +386,19 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
             rest[i],
             delivered,
             totals.events.get(),
-            window,
+            cores_window,
         ))
     });
     let load_cpu_percent = tool_end.saturating_sub(tool_start) as f64 / 1e6 / window * 100.0;
     let broker_busy = match (&broker_core, &target) {
-        (Some(c), _) if c.error.is_none() => Some(c.busy_percent),
+        (Some(c), _) if c.error.is_none() => Some(c.awake_percent),
         (_, Some(t)) if t.error.is_none() => Some(t.cpu_percent),
         _ => None,
     };
     let load_busy = load_core
         .as_ref()
         .filter(|c| c.error.is_none())
-        .map(|c| c.busy_percent);
+        .map(|c| c.awake_percent);
     let limit = report::limit(broker_busy, load_busy, load_cpu_percent).to_string();
     let others_cpu_percent =
         others_percent(machine, [&target, &backend], tool_end - tool_start, window);
@@ -482,6 +491,10 @@ fn build_target(
             t.cpu_percent = cpu_us / 1e6 / window_s * 100.0;
             t.cpu_us_per_delivery = (delivered > 0).then(|| cpu_us / delivered as f64);
             t.cpu_us_per_published = (published > 0).then(|| cpu_us / published as f64);
+            let oncpu_us = end.oncpu_us.saturating_sub(start.oncpu_us) as f64;
+            t.oncpu_s = oncpu_us / 1e6;
+            t.oncpu_us_per_delivery = (delivered > 0).then(|| oncpu_us / delivered as f64);
+            t.oncpu_us_per_published = (published > 0).then(|| oncpu_us / published as f64);
             let sys_us = end.sys_us.saturating_sub(start.sys_us) as f64;
             t.sys_percent_of_cpu = if cpu_us > 0.0 {
                 sys_us / cpu_us * 100.0

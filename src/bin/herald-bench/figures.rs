@@ -56,12 +56,12 @@ const FANOUT_50: &str = "fanout-50";
 const PYTHON: &str = "fanout-2-python";
 const COALESCED: &str = "fanout-50-coalesced";
 const CHANNELS: &str = "channels-10k";
-const DELIVERY: &str = "/target/cpu_us_per_delivery";
-const REDIS_DELIVERY: &str = "/backend/cpu_us_per_delivery";
-const PUBLISHED: &str = "/target/cpu_us_per_published";
-const CORE_DELIVERY: &str = "/broker_core/cpu_us_per_delivery";
-const CORE_PUBLISHED: &str = "/broker_core/cpu_us_per_published";
-const REDIS_PUBLISHED: &str = "/backend/cpu_us_per_published";
+const DELIVERY: &str = "/target/oncpu_us_per_delivery";
+const REDIS_DELIVERY: &str = "/backend/oncpu_us_per_delivery";
+const PUBLISHED: &str = "/target/oncpu_us_per_published";
+const CORE_DELIVERY: &str = "/broker_core/awake_us_per_delivery";
+const CORE_PUBLISHED: &str = "/broker_core/awake_us_per_published";
+const REDIS_PUBLISHED: &str = "/backend/oncpu_us_per_published";
 
 pub const FIGURES: &[Figure] = &[
     row(
@@ -188,7 +188,7 @@ pub const FIGURES: &[Figure] = &[
     row(
         "load core busy at 50 events/s (>= 90: the load is the limit), %",
         FANOUT_50,
-        "/load_core/busy_percent",
+        "/load_core/awake_percent",
         0,
         "",
     ),
@@ -278,7 +278,7 @@ pub const FIGURES: &[Figure] = &[
     row(
         "load core busy while publishing (>= 90: the load is the limit), %",
         "publish",
-        "/load_core/busy_percent",
+        "/load_core/awake_percent",
         0,
         "",
     ),

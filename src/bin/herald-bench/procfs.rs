@@ -12,6 +12,10 @@ pub struct Sample {
     pub cpu_us: u64,
     /// The system (kernel) part of `cpu_us`: syscalls and the network stack work they do.
     pub sys_us: u64,
+    /// Time on a CPU, microseconds, summed over every thread: the scheduler's exact
+    /// account (`/proc/PID/task/*/schedstat`), where utime and stime are sampled at each
+    /// tick (4 ms here) and may miss or double short bursts.
+    pub oncpu_us: u64,
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times (USER_HZ): 100 on every Linux
@@ -39,6 +43,7 @@ pub fn sample(pids: &[u32]) -> io::Result<Sample> {
         total.rss_kib += s.rss_kib;
         total.cpu_us += s.cpu_us;
         total.sys_us += s.sys_us;
+        total.oncpu_us += s.oncpu_us;
     }
     Ok(total)
 }
@@ -59,7 +64,25 @@ fn sample_one(pid: &str) -> io::Result<Sample> {
         rss_kib,
         cpu_us: us(utime + stime),
         sys_us: us(stime),
+        oncpu_us: oncpu_ns(pid) / 1000,
     })
+}
+
+/// Nanoseconds on a CPU of every thread of `pid` (0 without schedstat).
+fn oncpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| parse_schedstat(&s))
+        .sum()
+}
+
+/// The first field of `schedstat`: time spent on a CPU, ns.
+fn parse_schedstat(s: &str) -> Option<u64> {
+    s.split_whitespace().next()?.parse().ok()
 }
 
 fn parse_vm_rss(status: &str) -> Option<u64> {
@@ -93,6 +116,11 @@ pub struct CoreSample {
     pub irq_us: u64,
     /// idle + iowait.
     pub idle_us: u64,
+    /// From /proc/net/softnet_stat: times the core was woken to take packets another core
+    /// queued for it (RPS IPIs), and packets dropped because its backlog
+    /// (`net.core.netdev_max_backlog`) was full. Counts, not microseconds.
+    pub rps_ipis: u64,
+    pub backlog_drops: u64,
 }
 
 impl CoreSample {
@@ -110,13 +138,41 @@ impl CoreSample {
             softirq_us: self.softirq_us.saturating_sub(earlier.softirq_us),
             irq_us: self.irq_us.saturating_sub(earlier.irq_us),
             idle_us: self.idle_us.saturating_sub(earlier.idle_us),
+            rps_ipis: self.rps_ipis.saturating_sub(earlier.rps_ipis),
+            backlog_drops: self.backlog_drops.saturating_sub(earlier.backlog_drops),
         }
     }
 }
 
-/// Core `core`'s times now.
+/// Core `core`'s times (and packet counts) now.
 pub fn sample_core(core: usize) -> io::Result<CoreSample> {
-    sample_cpu_line(&format!("cpu{core}"))
+    let mut sample = sample_cpu_line(&format!("cpu{core}"))?;
+    if let Ok(softnet) = std::fs::read_to_string("/proc/net/softnet_stat") {
+        if let Some((ipis, drops)) = parse_softnet(&softnet, core) {
+            sample.rps_ipis = ipis;
+            sample.backlog_drops = drops;
+        }
+    }
+    Ok(sample)
+}
+
+/// (received_rps, dropped) of `core` in /proc/net/softnet_stat: one line of hex fields per
+/// online CPU, the second `dropped`, the tenth `received_rps`, the thirteenth (when
+/// present) the CPU's number.
+fn parse_softnet(softnet: &str, core: usize) -> Option<(u64, u64)> {
+    let rows: Vec<Vec<u64>> = softnet
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| u64::from_str_radix(f, 16).ok())
+                .collect()
+        })
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r.get(12) == Some(&(core as u64)))
+        .or_else(|| rows.get(core).filter(|r| r.len() < 13))?;
+    Some((*row.get(9)?, *row.get(1)?))
 }
 
 /// The whole machine's times now (every core summed).
@@ -161,6 +217,7 @@ fn parse_cpu_line(stat: &str, name: &str, ticks_per_second: u64) -> Option<CoreS
         idle_us: us(t[3] + t[4]),
         irq_us: us(t[5]),
         softirq_us: us(t[6]),
+        ..CoreSample::default()
     })
 }
 
@@ -196,6 +253,17 @@ mod tests {
     }
 
     #[test]
+    fn parses_softnet_stat() {
+        let softnet = "00024778 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00001810 00000000 00000000 00000000 00000000 00000000\n\
+                       00024c31 00000003 00000001 00000000 00000000 00000000 00000000 00000000 00000000 000013de 00000000 00000000 00000001 00000000 00000000\n";
+        assert_eq!(parse_softnet(softnet, 0), Some((0x1810, 0)));
+        assert_eq!(parse_softnet(softnet, 1), Some((0x13de, 3)));
+        assert_eq!(parse_softnet(softnet, 2), None);
+        // Older kernels: no CPU column, one line per CPU in order.
+        assert_eq!(parse_softnet("1 2 3 4 5 6 7 8 9 a\n", 0), Some((10, 2)));
+    }
+
+    #[test]
     fn samples_a_core_of_this_machine() {
         assert!(sample_core(0).unwrap().busy_us() + sample_core(0).unwrap().idle_us > 0);
         assert!(sample_core(100_000).is_err());
@@ -206,12 +274,15 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   1234 kB\n"), Some(1234));
         let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 6 4 20 0 4 0";
         assert_eq!(parse_cpu_ticks(stat), Some((250, 75)));
+        assert_eq!(parse_schedstat("123456789 5000 42\n"), Some(123456789));
+        assert_eq!(parse_schedstat(""), None);
     }
 
     #[test]
     fn samples_this_process() {
         let s = sample(&[std::process::id()]).unwrap();
         assert!(s.rss_kib > 0);
+        assert!(s.oncpu_us > 0);
         assert!(sample(&[u32::MAX]).is_err());
     }
 }

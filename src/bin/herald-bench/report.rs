@@ -91,6 +91,23 @@ pub struct CoreCpu {
     pub irq_percent: f64,
     pub cpu_us_per_delivery: Option<f64>,
     pub cpu_us_per_published: Option<f64>,
+    /// The core's awake time: the window less its idle time, which the kernel accounts
+    /// exactly on a tickless kernel (the kinds above are tick samples). Seconds, % of the
+    /// window, per delivery / publish.
+    #[serde(default)]
+    pub awake_s: f64,
+    #[serde(default)]
+    pub awake_percent: f64,
+    #[serde(default)]
+    pub awake_us_per_delivery: Option<f64>,
+    #[serde(default)]
+    pub awake_us_per_published: Option<f64>,
+    /// RPS IPIs the core took (wake-ups to process packets the other core queued for it)
+    /// and packets its backlog dropped, over the window (/proc/net/softnet_stat).
+    #[serde(default)]
+    pub rps_ipis: u64,
+    #[serde(default)]
+    pub backlog_drops: u64,
     /// Busy share of the core over one second before any stream was opened (the broker
     /// idle): what the rest of the machine ran there. Subtract nothing; read it as noise.
     pub rest_busy_percent: Option<f64>,
@@ -134,6 +151,14 @@ pub struct Target {
     pub cpu_us_per_published: Option<f64>,
     /// The kernel (system time) part of `cpu_s`.
     pub sys_percent_of_cpu: f64,
+    /// The same window from the scheduler's exact on-CPU time (schedstat) rather than
+    /// tick samples: seconds, and per delivery / publish.
+    #[serde(default)]
+    pub oncpu_s: f64,
+    #[serde(default)]
+    pub oncpu_us_per_delivery: Option<f64>,
+    #[serde(default)]
+    pub oncpu_us_per_published: Option<f64>,
     /// Set when /proc could not be read (process gone?).
     pub error: Option<String>,
 }
@@ -317,11 +342,17 @@ fn core_rows(who: &str, c: &CoreCpu, rows: &mut Vec<(String, String)>) {
         ),
     ));
     rows.push((
+        format!("{who} core {} RPS IPIs / backlog drops", c.core),
+        format!("{} / {}", c.rps_ipis, c.backlog_drops),
+    ));
+    rows.push((
         format!("{who} core {} CPU per delivery / per publish", c.core),
         format!(
-            "{} / {} us",
+            "{} / {} us (awake: {} / {} us)",
             opt(c.cpu_us_per_delivery, 2),
-            opt(c.cpu_us_per_published, 2)
+            opt(c.cpu_us_per_published, 2),
+            opt(c.awake_us_per_delivery, 2),
+            opt(c.awake_us_per_published, 2)
         ),
     ));
 }
@@ -353,9 +384,11 @@ fn target_rows(who: &str, t: &Target, rows: &mut Vec<(String, String)>) {
     rows.push((
         format!("{who} CPU per delivery / per publish"),
         format!(
-            "{} / {} us",
+            "{} / {} us (on CPU, schedstat: {} / {} us)",
             opt(t.cpu_us_per_delivery, 2),
-            opt(t.cpu_us_per_published, 2)
+            opt(t.cpu_us_per_published, 2),
+            opt(t.oncpu_us_per_delivery, 2),
+            opt(t.oncpu_us_per_published, 2)
         ),
     ));
     if let Some(e) = &t.error {
