@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(c0.busy_us(), (27852 + 6615 + 5524 + 3 + 11) * 10_000);
         // `cpu1` is not a prefix match for `cpu10`, nor the total line for `cpu`.
         assert_eq!(parse_core(stat, 1, 100).unwrap().softirq_us, 50 * 10_000);
-        assert_eq!(parse_core(stat, 10, 100).unwrap().busy_us(), 4 * 10_000);
+        assert_eq!(parse_core(stat, 10, 100).unwrap().busy_us(), 5 * 10_000);
         assert_eq!(parse_core(stat, 2, 100), None);
         let all = parse_cpu_line(stat, "cpu", 100).unwrap();
         assert_eq!(all.user_us, (55733 + 13991) * 10_000);
