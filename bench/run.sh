@@ -400,6 +400,9 @@ start_python_client() {
 stop_python_client() {
     local report=$1
     [ -n "$CLIENT_PID" ] || return 0
+    # herald-bench does not wait for deliveries it does not count: give the last events
+    # time to reach the client.
+    sleep 3
     echo stop >&7 2>/dev/null || true
     exec 7>&-
     wait "$CLIENT_PID" 2>/dev/null || true

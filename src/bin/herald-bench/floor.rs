@@ -48,6 +48,8 @@ const PUBLISHED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
 struct Channel {
     streams: Vec<std::net::TcpStream>,
     pending: Vec<u8>,
+    /// Its streams are out with the writer (a pass is writing to them).
+    writing: bool,
 }
 
 #[derive(Default)]
@@ -67,18 +69,29 @@ impl Subscribers {
         self.lock().entry(channel).or_default().streams.push(stream);
     }
 
-    /// Encode the event once onto the channel's pending bytes and wake the writer.
+    /// Encode the event once onto the channel's pending bytes and wake the writer (when
+    /// it has nothing yet: a pass takes all that is pending). A channel without streams
+    /// has nobody to write to: the event goes nowhere, as a broker without history does.
     fn publish(&self, channel: &str, data: &[u8]) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut map = self.lock();
-        let pending = &mut map.entry(channel.to_string()).or_default().pending;
+        let Some(ch) = map
+            .get_mut(channel)
+            .filter(|c| c.writing || !c.streams.is_empty())
+        else {
+            return;
+        };
+        let wake = ch.pending.is_empty();
+        let pending = &mut ch.pending;
         pending.extend_from_slice(b"id: ");
         pending.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
         pending.extend_from_slice(b"\ndata: ");
         pending.extend_from_slice(data);
         pending.extend_from_slice(b"\n\n");
         drop(map);
-        self.work.notify_one();
+        if wake {
+            self.work.notify_one();
+        }
     }
 
     /// The writer thread: pass after pass, one `write()` per subscriber of each channel
@@ -94,6 +107,7 @@ impl Subscribers {
                     map = self.work.wait(map).unwrap_or_else(|e| e.into_inner());
                 }
                 for (name, ch) in map.iter_mut().filter(|(_, c)| !c.pending.is_empty()) {
+                    ch.writing = true;
                     batch.push((
                         name.clone(),
                         std::mem::take(&mut ch.streams),
@@ -107,6 +121,7 @@ impl Subscribers {
             let mut map = self.lock();
             for (name, streams, _) in batch {
                 let ch = map.entry(name).or_default();
+                ch.writing = false;
                 // Streams that subscribed during the pass come after the others.
                 let newer = std::mem::replace(&mut ch.streams, streams);
                 ch.streams.extend(newer);
