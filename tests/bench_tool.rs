@@ -67,6 +67,13 @@ async fn every_subscriber_gets_every_event_once() {
         // Measured apart, like the Redis behind herald-redis in bench/run.sh.
         "--backend-pid",
         &std::process::id().to_string(),
+        // Core 0 exists everywhere: both sides' core figures from /proc/stat.
+        "--broker-core",
+        "0",
+        "--load-core",
+        "0",
+        "--net",
+        "loopback",
     ];
     let report = bench(&args).await;
 
@@ -104,6 +111,13 @@ async fn every_subscriber_gets_every_event_once() {
         "/backend/cpu_us_per_delivery",
         "/open_s",
         "/load_cpu_percent",
+        "/others_cpu_percent",
+        "/broker_core/cpu_s",
+        "/broker_core/busy_percent",
+        "/broker_core/softirq_percent",
+        "/broker_core/cpu_us_per_delivery",
+        "/broker_core/rest_busy_percent",
+        "/load_core/busy_percent",
     ] {
         assert!(
             report.pointer(key).is_some_and(Value::is_number),
@@ -112,6 +126,13 @@ async fn every_subscriber_gets_every_event_once() {
     }
     assert!(report["target"]["error"].is_null(), "{report:#}");
     assert!(report["backend"]["error"].is_null(), "{report:#}");
+    assert!(report["broker_core"]["error"].is_null(), "{report:#}");
+    assert_eq!(report["net"], "loopback");
+    let limit = report["limit"].as_str().unwrap_or_default();
+    assert!(
+        ["broker", "load", "both", "neither"].contains(&limit),
+        "{limit}"
+    );
     server.stop().await;
 }
 
@@ -177,8 +198,19 @@ struct ToolServer {
 
 impl ToolServer {
     fn start(kind: &str) -> Self {
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_herald-bench")), kind)
+    }
+
+    /// In network namespace `ns` (`ip netns exec` execs the tool: the pid is its own).
+    fn start_in(ns: &str, kind: &str) -> Self {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_herald-bench")]);
+        Self::spawn(command, kind)
+    }
+
+    fn spawn(mut command: Command, kind: &str) -> Self {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        let mut child = command
             .args([kind, "--listen", "127.0.0.1:0"])
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -241,5 +273,134 @@ async fn baseline_and_floor_deliver_every_event_once() {
         assert_eq!(n(&report, "/missing"), 0, "{kind}");
         assert_eq!(n(&report, "/duplicates"), 0, "{kind}");
         assert!(report["target"]["error"].is_null(), "{kind}: {report:#}");
+    }
+}
+
+/// The modelled network of `make bench` (bench/netns.sh), made and removed by the test:
+/// the floor in the broker's namespace, the tool in the load namespace, 127.0.0.1 reached
+/// over the veth pair only. Root only (network namespaces); skipped otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn veth_pair_carries_the_streams_and_goes_away() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n");
+    let netns = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/netns.sh");
+    if !matches!(root, Ok(true))
+        || !Command::new(netns)
+            .arg("check")
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: needs root and iproute2 (bench/netns.sh check)");
+        return;
+    }
+    let id = format!("t{}", std::process::id());
+    let pair = NetnsPair::up(netns, &id);
+    let broker_ns = format!("herald-bench-b-{id}");
+    let load_ns = format!("herald-bench-l-{id}");
+
+    // From the load namespace 127.0.0.1 is over the veth, and 127.0.0.2-254 are local.
+    let route = Command::new("ip")
+        .args([
+            "-n",
+            &load_ns,
+            "route",
+            "get",
+            "127.0.0.1",
+            "from",
+            "127.0.0.9",
+        ])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(route.contains(&format!("dev hbl-{id}")), "{route}");
+
+    let floor = ToolServer::start_in(&broker_ns, "floor");
+    let args = [
+        "--subscribe-url".to_string(),
+        format!("http://{}/sub?id={{channel}}", floor.addr),
+        "--publish-url".into(),
+        format!("http://{}/pub?id={{channel}}", floor.addr),
+        "--publish-format".into(),
+        "raw".into(),
+        "--subscribers".into(),
+        "300".into(),
+        "--rate".into(),
+        "20".into(),
+        "--duration".into(),
+        "1".into(),
+        "--settle".into(),
+        "0.2".into(),
+        "--grace".into(),
+        "2".into(),
+        "--target-pid".into(),
+        floor.child.id().to_string(),
+        "--broker-core".into(),
+        "0".into(),
+        "--load-core".into(),
+        "0".into(),
+        "--net".into(),
+        "veth".into(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &load_ns,
+            env!("CARGO_BIN_EXE_herald-bench"),
+        ])
+        .args(&args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(n(&report, "/connected"), 300);
+    let published = n(&report, "/published");
+    assert!(published >= 15, "published only {published}");
+    assert_eq!(n(&report, "/delivered"), published * 300);
+    assert_eq!(n(&report, "/missing"), 0);
+    assert_eq!(report["net"], "veth");
+    assert!(report["broker_core"]["error"].is_null(), "{report:#}");
+    drop(floor);
+
+    drop(pair);
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !list.contains(&broker_ns) && !list.contains(&load_ns),
+        "{list}"
+    );
+}
+
+/// Two namespaces of bench/netns.sh, removed on drop (also when the test fails).
+struct NetnsPair {
+    script: &'static str,
+    id: String,
+}
+
+impl NetnsPair {
+    fn up(script: &'static str, id: &str) -> Self {
+        let pair = Self {
+            script,
+            id: id.to_string(),
+        };
+        let status = Command::new(script).args(["up", id]).status().unwrap();
+        assert!(status.success(), "bench/netns.sh up {id}");
+        pair
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = Command::new(self.script).args(["down", &self.id]).status();
     }
 }

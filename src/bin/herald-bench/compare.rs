@@ -172,16 +172,17 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let _ = writeln!(md, "\nEvery run:\n");
     let _ = writeln!(
         md,
-        "| workload | broker | streams ok / failed | published | delivered / expected | delivered/s | p50 / p99 ms | lost / dup | RSS/stream KiB | CPU us/delivery | backend CPU us/delivery | load CPU % |"
+        "| workload | broker | net | streams ok / failed | published | delivered / expected | delivered/s | p50 / p99 ms | lost / dup | RSS/stream KiB | CPU us/delivery: process / core | backend CPU us/delivery | load CPU % / load core % | others % | limit |"
     );
-    let _ = writeln!(md, "|{}", "---|".repeat(12));
+    let _ = writeln!(md, "|{}", "---|".repeat(15));
     for r in &reports {
         let n = |p: &str| r.pointer(p).and_then(Value::as_f64);
         let _ = writeln!(
             md,
-            "| {} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} / {} | {} | {} / {} | {} / {} | {} | {} / {} | {} | {} / {} | {} | {} |",
             text(r, "/label"),
             text(r, "/broker"),
+            text(r, "/net"),
             fmt(n("/connected"), 0),
             fmt(n("/failed"), 0),
             fmt(n("/published"), 0),
@@ -193,9 +194,13 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             fmt(n("/missing"), 0),
             fmt(n("/duplicates"), 0),
             fmt(n("/target/rss_per_subscriber_kib"), 2),
-            fmt(n("/target/cpu_us_per_delivery"), 2),
-            fmt(n("/backend/cpu_us_per_delivery"), 3),
+            fmt(n("/target/oncpu_us_per_delivery"), 2),
+            fmt(n("/broker_core/awake_us_per_delivery"), 2),
+            fmt(n("/backend/oncpu_us_per_delivery"), 3),
             fmt(n("/load_cpu_percent"), 0),
+            fmt(n("/load_core/awake_percent"), 0),
+            fmt(n("/others_cpu_percent"), 0),
+            text(r, "/limit"),
         );
     }
     let machine = machine();
@@ -360,9 +365,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let report = |broker: &str, herald: f64, redis: Option<f64>| {
             let mut r = json!({"label": "fanout-2", "broker": broker,
-                "target": {"cpu_us_per_delivery": herald}});
+                "target": {"oncpu_us_per_delivery": herald}});
             if let Some(redis) = redis {
-                r["backend"] = json!({"cpu_us_per_delivery": redis});
+                r["backend"] = json!({"oncpu_us_per_delivery": redis});
             }
             std::fs::write(dir.path().join(format!("{broker}.json")), r.to_string()).unwrap();
         };
@@ -384,7 +389,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| CPU per delivery at 2 events/s, us | 2.00 | 2.20 | 1.10 | <= 8; herald-redis: <= 1.2x herald |"),
+            md.contains("| broker process CPU per delivery at 2 events/s, us | 2.00 | 2.20 | 1.10 | herald-redis: <= 1.2x herald |"),
             "{md}"
         );
         // Memory has no Redis: the whole deployment is herald alone.

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::aggregate::{pump, Aggregate, Msg};
-use crate::procfs::{self, Sample};
+use crate::procfs::{self, CoreSample, Sample};
 use crate::publisher::{self, Plan, Totals};
-use crate::report::{self, Report, Settings, Target};
+use crate::report::{self, CoreCpu, Report, Settings, Target};
 use crate::stats::{Frame, Percentiles};
 use crate::wire::Endpoint;
 use crate::worker::WorkerSpec;
@@ -29,6 +29,8 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 const PUBLISH_FINISH: Duration = Duration::from_secs(30);
 /// Longest drain, however long deliveries keep trickling in.
 const DRAIN_CAP: Duration = Duration::from_secs(60);
+/// Before any stream is opened, how long the cores are watched for what else runs there.
+const REST_WINDOW: Duration = Duration::from_secs(1);
 
 struct Worker {
     child: Child,
@@ -109,6 +111,98 @@ fn sample_watched(args: &RunArgs) -> [Watched; 2] {
         .map(|pids| (!pids.is_empty()).then(|| procfs::sample(pids).map_err(|e| e.to_string())))
 }
 
+/// A sample of the broker's and the load's cores (--broker-core, --load-core).
+type Cores = [Option<Result<CoreSample, String>>; 2];
+
+fn sample_cores(args: &RunArgs) -> Cores {
+    [args.broker_core, args.load_core]
+        .map(|core| core.map(|c| procfs::sample_core(c).map_err(|e| e.to_string())))
+}
+
+/// One core's figures between two samples, over `window_s` seconds.
+fn build_core(
+    core: usize,
+    start: Result<CoreSample, String>,
+    end: Result<CoreSample, String>,
+    rest_busy_percent: Option<f64>,
+    delivered: u64,
+    published: u64,
+    window_s: f64,
+) -> CoreCpu {
+    let (start, end) = match (start, end) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return CoreCpu {
+                core,
+                error: Some(e),
+                ..CoreCpu::default()
+            }
+        }
+    };
+    let d = end.since(&start);
+    let percent = |us: u64| us as f64 / 1e6 / window_s.max(1e-9) * 100.0;
+    let busy = d.busy_us() as f64;
+    let awake = (window_s * 1e6 - d.idle_us as f64).max(0.0);
+    CoreCpu {
+        core,
+        cpu_s: busy / 1e6,
+        busy_percent: percent(d.busy_us()),
+        user_percent: percent(d.user_us),
+        system_percent: percent(d.system_us),
+        softirq_percent: percent(d.softirq_us),
+        irq_percent: percent(d.irq_us),
+        cpu_us_per_delivery: (delivered > 0).then(|| busy / delivered as f64),
+        cpu_us_per_published: (published > 0).then(|| busy / published as f64),
+        awake_s: awake / 1e6,
+        awake_percent: awake / 1e6 / window_s.max(1e-9) * 100.0,
+        awake_us_per_delivery: (delivered > 0).then(|| awake / delivered as f64),
+        awake_us_per_published: (published > 0).then(|| awake / published as f64),
+        rps_ipis: d.rps_ipis,
+        backlog_drops: d.backlog_drops,
+        rest_busy_percent,
+        error: None,
+    }
+}
+
+/// Busy share (%) of each watched core over [`REST_WINDOW`], now.
+async fn rest_busy(args: &RunArgs) -> [Option<f64>; 2] {
+    if args.broker_core.is_none() && args.load_core.is_none() {
+        return [None, None];
+    }
+    let before = sample_cores(args);
+    tokio::time::sleep(REST_WINDOW).await;
+    let after = sample_cores(args);
+    [0, 1].map(|i| match (&before[i], &after[i]) {
+        (Some(Ok(b)), Some(Ok(a))) => {
+            let d = a.since(b);
+            let all = d.busy_us() + d.idle_us;
+            (all > 0).then(|| d.busy_us() as f64 / all as f64 * 100.0)
+        }
+        _ => None,
+    })
+}
+
+/// What the rest of the machine ran over the window, % of one core: its userland and
+/// system time (not softirq or irq, which may be this run's network work) less the
+/// broker's, its backend's and this tool's process CPU. About, not exact: the softirq
+/// work ticks charge to those processes are subtracted although the machine's share
+/// leaves softirq out, so this reads a little low.
+fn others_percent(
+    machine: Option<CoreSample>,
+    ours: [&Option<Target>; 2],
+    tool_us: u64,
+    window_s: f64,
+) -> f64 {
+    let Some(m) = machine else { return 0.0 };
+    let ours_us: f64 = ours
+        .iter()
+        .filter_map(|t| t.as_ref())
+        .map(|t| t.cpu_s * 1e6)
+        .sum::<f64>()
+        + tool_us as f64;
+    ((m.user_us + m.system_us) as f64 - ours_us).max(0.0) / 1e6 / window_s.max(1e-9) * 100.0
+}
+
 /// CPU time of this process and its workers.
 fn tool_cpu_us(workers: &[Worker]) -> u64 {
     let me = procfs::sample_self().map(|s| s.cpu_us).unwrap_or(0);
@@ -126,6 +220,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         .min(fd_limit.saturating_sub(FD_RESERVE))
         .max(1) as usize;
     let worker_count = args.subscribers.div_ceil(per_worker);
+    let rest = rest_busy(args).await;
     let before = sample_watched(args);
     let started = Instant::now();
 
@@ -161,6 +256,9 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     let window_start = Instant::now();
     let tool_start = tool_cpu_us(&workers);
     let target_start = sample_watched(args);
+    let cores_start_at = Instant::now();
+    let cores_start = sample_cores(args);
+    let machine_start = procfs::sample_machine().ok();
     let unique_at_start = agg.totals().unique;
     let window_end = window_start + Duration::from_secs_f64(args.duration);
     if args.publishes() {
@@ -229,6 +327,11 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
     let window = Instant::now().duration_since(window_start).as_secs_f64();
     let tool_end = tool_cpu_us(&workers);
     let target_end = sample_watched(args);
+    let cores_end = sample_cores(args);
+    let cores_window = Instant::now().duration_since(cores_start_at).as_secs_f64();
+    let machine = machine_start
+        .zip(procfs::sample_machine().ok())
+        .map(|(start, end)| end.since(&start));
 
     // Stop the workers and collect their last frames.
     agg.phase = "stop";
@@ -274,6 +377,31 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
             )
         })
     });
+    let [broker_core, load_core] = [(0, args.broker_core), (1, args.load_core)].map(|(i, core)| {
+        let (start, end) = (cores_start[i].clone()?, cores_end[i].clone()?);
+        Some(build_core(
+            core?,
+            start,
+            end,
+            rest[i],
+            delivered,
+            totals.events.get(),
+            cores_window,
+        ))
+    });
+    let load_cpu_percent = tool_end.saturating_sub(tool_start) as f64 / 1e6 / window * 100.0;
+    let broker_busy = match (&broker_core, &target) {
+        (Some(c), _) if c.error.is_none() => Some(c.awake_percent),
+        (_, Some(t)) if t.error.is_none() => Some(t.cpu_percent),
+        _ => None,
+    };
+    let load_busy = load_core
+        .as_ref()
+        .filter(|c| c.error.is_none())
+        .map(|c| c.awake_percent);
+    let limit = report::limit(broker_busy, load_busy, load_cpu_percent).to_string();
+    let others_cpu_percent =
+        others_percent(machine, [&target, &backend], tool_end - tool_start, window);
     let publish_failures = totals.failures.borrow().clone();
     Ok(Report {
         label: args.label.clone(),
@@ -315,8 +443,13 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
         latency_ms: Percentiles::of(&agg.latency),
         target,
         backend,
-        load_cpu_percent: tool_end.saturating_sub(tool_start) as f64 / 1e6 / window * 100.0,
+        load_cpu_percent,
+        others_cpu_percent,
         workers: worker_count,
+        net: args.net.clone(),
+        broker_core,
+        load_core,
+        limit,
     })
 }
 
@@ -358,6 +491,10 @@ fn build_target(
             t.cpu_percent = cpu_us / 1e6 / window_s * 100.0;
             t.cpu_us_per_delivery = (delivered > 0).then(|| cpu_us / delivered as f64);
             t.cpu_us_per_published = (published > 0).then(|| cpu_us / published as f64);
+            let oncpu_us = end.oncpu_us.saturating_sub(start.oncpu_us) as f64;
+            t.oncpu_s = oncpu_us / 1e6;
+            t.oncpu_us_per_delivery = (delivered > 0).then(|| oncpu_us / delivered as f64);
+            t.oncpu_us_per_published = (published > 0).then(|| oncpu_us / published as f64);
             let sys_us = end.sys_us.saturating_sub(start.sys_us) as f64;
             t.sys_percent_of_cpu = if cpu_us > 0.0 {
                 sys_us / cpu_us * 100.0

@@ -5,6 +5,7 @@
 pub const WORKLOADS: &[&str] = &[
     "idle",
     "fanout-2",
+    "fanout-2-python",
     "fanout-50",
     "fanout-50-coalesced",
     "publish",
@@ -52,12 +53,15 @@ const fn row(
 
 const FANOUT_2: &str = "fanout-2";
 const FANOUT_50: &str = "fanout-50";
+const PYTHON: &str = "fanout-2-python";
 const COALESCED: &str = "fanout-50-coalesced";
 const CHANNELS: &str = "channels-10k";
-const DELIVERY: &str = "/target/cpu_us_per_delivery";
-const REDIS_DELIVERY: &str = "/backend/cpu_us_per_delivery";
-const PUBLISHED: &str = "/target/cpu_us_per_published";
-const REDIS_PUBLISHED: &str = "/backend/cpu_us_per_published";
+const DELIVERY: &str = "/target/oncpu_us_per_delivery";
+const REDIS_DELIVERY: &str = "/backend/oncpu_us_per_delivery";
+const PUBLISHED: &str = "/target/oncpu_us_per_published";
+const CORE_DELIVERY: &str = "/broker_core/awake_us_per_delivery";
+const CORE_PUBLISHED: &str = "/broker_core/awake_us_per_published";
+const REDIS_PUBLISHED: &str = "/backend/oncpu_us_per_published";
 
 pub const FIGURES: &[Figure] = &[
     row(
@@ -65,16 +69,23 @@ pub const FIGURES: &[Figure] = &[
         "idle",
         "/target/rss_per_subscriber_kib",
         2,
-        "<= 4",
+        "<= 2.5",
+    ),
+    row(
+        "broker core CPU per delivery at 2 events/s (all of core 0), us",
+        FANOUT_2,
+        CORE_DELIVERY,
+        2,
+        "<= 1.2x floor",
     ),
     Figure {
         redis_goal: "<= 1.2x herald",
         ..row(
-            "CPU per delivery at 2 events/s, us",
+            "broker process CPU per delivery at 2 events/s, us",
             FANOUT_2,
             DELIVERY,
             2,
-            "<= 8",
+            "",
         )
     },
     row(
@@ -102,6 +113,20 @@ pub const FIGURES: &[Figure] = &[
         "",
     ),
     row(
+        "of core 0's busy time, softirq (receive processing), %",
+        FANOUT_2,
+        "/broker_core/softirq_percent",
+        1,
+        "",
+    ),
+    row(
+        "other processes' CPU during fanout-2 (noise in the core figures), % of a core",
+        FANOUT_2,
+        "/others_cpu_percent",
+        0,
+        "",
+    ),
+    row(
         "latency p50 at 2 events/s, ms",
         FANOUT_2,
         "/latency_ms/p50",
@@ -119,11 +144,53 @@ pub const FIGURES: &[Figure] = &[
         )
     },
     row(
-        "CPU per delivery at 50 events/s, us",
+        "independent client (bench/sse_client.py) at 2 events/s: broker core CPU per delivery, us",
+        PYTHON,
+        "/crosscheck/core_cpu_us_per_delivery",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: broker process CPU per delivery, us",
+        PYTHON,
+        "/crosscheck/process_cpu_us_per_delivery",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: latency p99, ms",
+        PYTHON,
+        "/crosscheck/latency_ms/p99",
+        2,
+        "",
+    ),
+    row(
+        "independent client at 2 events/s: events missing",
+        PYTHON,
+        "/crosscheck/missing",
+        0,
+        "0",
+    ),
+    row(
+        "broker core CPU per delivery at 50 events/s, us",
+        FANOUT_50,
+        CORE_DELIVERY,
+        2,
+        "<= 1",
+    ),
+    row(
+        "broker process CPU per delivery at 50 events/s, us",
         FANOUT_50,
         DELIVERY,
         2,
-        "<= 1",
+        "",
+    ),
+    row(
+        "load core busy at 50 events/s (>= 90: the load is the limit), %",
+        FANOUT_50,
+        "/load_core/awake_percent",
+        0,
+        "",
     ),
     row(
         "Redis CPU per delivery at 50 events/s, us",
@@ -164,11 +231,18 @@ pub const FIGURES: &[Figure] = &[
         "",
     ),
     row(
-        "CPU per delivery at 50 events/s, sse.coalesce_window = 250ms, us",
+        "broker core CPU per delivery at 50 events/s, sse.coalesce_window = 250ms, us",
+        COALESCED,
+        CORE_DELIVERY,
+        2,
+        "",
+    ),
+    row(
+        "broker process CPU per delivery at 50 events/s, sse.coalesce_window = 250ms, us",
         COALESCED,
         DELIVERY,
         2,
-        "<= 1",
+        "",
     ),
     row(
         "latency p99 at 50 events/s, sse.coalesce_window = 250ms, ms",
@@ -187,7 +261,27 @@ pub const FIGURES: &[Figure] = &[
             ">= 1.5x Nchan",
         )
     },
-    row("CPU per publish, us", "publish", PUBLISHED, 2, ""),
+    row(
+        "broker core CPU per publish, us",
+        "publish",
+        CORE_PUBLISHED,
+        2,
+        "",
+    ),
+    row(
+        "broker process CPU per publish, us",
+        "publish",
+        PUBLISHED,
+        2,
+        "",
+    ),
+    row(
+        "load core busy while publishing (>= 90: the load is the limit), %",
+        "publish",
+        "/load_core/awake_percent",
+        0,
+        "",
+    ),
     row(
         "Redis CPU per publish, us",
         "publish",

@@ -163,6 +163,18 @@ pub struct RunArgs {
     /// --target-pid but reported apart, as `backend`; repeat for several (summed).
     #[arg(long = "backend-pid")]
     pub backend_pids: Vec<u32>,
+    /// The core the broker is pinned to: all its busy time (user + system + irq +
+    /// softirq, /proc/stat, whoever spent it) over the publishing window is reported as
+    /// `broker_core`, beside the broker's own process CPU.
+    #[arg(long)]
+    pub broker_core: Option<usize>,
+    /// The core this tool runs on (bench/run.sh pins it): its busy time says whether the
+    /// load, not the broker, was the limit (`load_core`, `limit`).
+    #[arg(long)]
+    pub load_core: Option<usize>,
+    /// The network the run went over (`veth`, `loopback`), recorded in the report.
+    #[arg(long, default_value = "")]
+    pub net: String,
     /// Most streams per worker process (each needs a file descriptor).
     #[arg(long, default_value_t = 15_000)]
     pub per_worker: usize,

@@ -55,7 +55,64 @@ pub struct Report {
     pub backend: Option<Target>,
     /// CPU used by this tool (coordinator and workers) while publishing, % of one core.
     pub load_cpu_percent: f64,
+    /// What the rest of the machine ran over the same window (user + system time of every
+    /// core less the broker's, its backend's and this tool's), % of one core: other work
+    /// that the cores' figures (`broker_core`, `load_core`) include.
+    #[serde(default)]
+    pub others_cpu_percent: f64,
     pub workers: usize,
+    /// The network of the run (`veth`, `loopback`; empty when not said).
+    #[serde(default)]
+    pub net: String,
+    /// All the work done on the broker's core (--broker-core) over the publishing window.
+    #[serde(default)]
+    pub broker_core: Option<CoreCpu>,
+    /// All the work done on the load tool's core (--load-core) over the same window.
+    #[serde(default)]
+    pub load_core: Option<CoreCpu>,
+    /// Which side was the limit: `broker`, `load`, `both` or `neither` (see [`limit`]).
+    #[serde(default)]
+    pub limit: String,
+}
+
+/// One core's busy time over the publishing window, from /proc/stat: every process and
+/// interrupt on it, not only the broker (other work on the machine shows here too; see
+/// `rest_busy_percent`).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct CoreCpu {
+    pub core: usize,
+    /// user + nice + system + irq + softirq, seconds.
+    pub cpu_s: f64,
+    /// Of the window, %: all of it, then each kind.
+    pub busy_percent: f64,
+    pub user_percent: f64,
+    pub system_percent: f64,
+    pub softirq_percent: f64,
+    pub irq_percent: f64,
+    pub cpu_us_per_delivery: Option<f64>,
+    pub cpu_us_per_published: Option<f64>,
+    /// The core's awake time: the window less its idle time, which the kernel accounts
+    /// exactly on a tickless kernel (the kinds above are tick samples). Seconds, % of the
+    /// window, per delivery / publish.
+    #[serde(default)]
+    pub awake_s: f64,
+    #[serde(default)]
+    pub awake_percent: f64,
+    #[serde(default)]
+    pub awake_us_per_delivery: Option<f64>,
+    #[serde(default)]
+    pub awake_us_per_published: Option<f64>,
+    /// RPS IPIs the core took (wake-ups to process packets the other core queued for it)
+    /// and packets its backlog dropped, over the window (/proc/net/softnet_stat).
+    #[serde(default)]
+    pub rps_ipis: u64,
+    #[serde(default)]
+    pub backlog_drops: u64,
+    /// Busy share of the core over one second before any stream was opened (the broker
+    /// idle): what the rest of the machine ran there. Subtract nothing; read it as noise.
+    pub rest_busy_percent: Option<f64>,
+    /// Set when /proc/stat could not be read.
+    pub error: Option<String>,
 }
 
 /// How the run was asked for.
@@ -94,12 +151,63 @@ pub struct Target {
     pub cpu_us_per_published: Option<f64>,
     /// The kernel (system time) part of `cpu_s`.
     pub sys_percent_of_cpu: f64,
+    /// The same window from the scheduler's exact on-CPU time (schedstat) rather than
+    /// tick samples: seconds, and per delivery / publish.
+    #[serde(default)]
+    pub oncpu_s: f64,
+    #[serde(default)]
+    pub oncpu_us_per_delivery: Option<f64>,
+    #[serde(default)]
+    pub oncpu_us_per_published: Option<f64>,
     /// Set when /proc could not be read (process gone?).
     pub error: Option<String>,
 }
 
-/// Load-tool CPU (% of one core) past which the tool, not the broker, may be the limit.
-const SATURATED_PERCENT: f64 = 85.0;
+/// Busy share of a core (%) from which that side counts as the limit of the run.
+pub const SATURATED_PERCENT: f64 = 90.0;
+/// Other work on the machine (% of one core) from which a run's core figures are flagged.
+const BUSY_MACHINE_PERCENT: f64 = 10.0;
+/// Load-tool process CPU (% of one core) past which the tool may be the limit when its
+/// core's own busy time is not known (no --load-core).
+const TOOL_SATURATED_PERCENT: f64 = 85.0;
+
+/// Which side limited a run, from how busy each was over the publishing window (% of a
+/// core): the broker's core (or, without --broker-core, the broker's process), the load
+/// core (or the tool's own process, with the lower bar that leaves room for the kernel
+/// work it is not charged for). A side at [`SATURATED_PERCENT`] or more is a limit.
+pub fn limit(
+    broker_busy: Option<f64>,
+    load_core_busy: Option<f64>,
+    tool_percent: f64,
+) -> &'static str {
+    let broker = broker_busy.is_some_and(|b| b >= SATURATED_PERCENT);
+    let load = match load_core_busy {
+        Some(busy) => busy >= SATURATED_PERCENT,
+        None => tool_percent > TOOL_SATURATED_PERCENT,
+    };
+    match (broker, load) {
+        (true, true) => "both",
+        (true, false) => "broker",
+        (false, true) => "load",
+        (false, false) => "neither",
+    }
+}
+
+/// What a `limit` of `load` or `both` means for the figures of the run.
+fn limit_warning(limit: &str) -> Option<&'static str> {
+    match limit {
+        "load" => Some(
+            "the load core was saturated, the broker's was not: latency, delivered/s and \
+             publishes/s are the load's limit, not the broker's; CPU per delivery is the \
+             broker's, at the rate the load could take",
+        ),
+        "both" => Some(
+            "both cores were saturated: rates and latency are bounded by the broker and the \
+             load at once; the broker's CPU per delivery is still its own",
+        ),
+        _ => None,
+    }
+}
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
@@ -169,6 +277,11 @@ pub fn table(r: &Report) -> String {
             target_rows(who, t, &mut rows);
         }
     }
+    for (who, c) in [("broker", &r.broker_core), ("load", &r.load_core)] {
+        if let Some(c) = c {
+            core_rows(who, c, &mut rows);
+        }
+    }
     rows.push((
         "load tool CPU".into(),
         format!(
@@ -176,11 +289,29 @@ pub fn table(r: &Report) -> String {
             r.load_cpu_percent, r.workers
         ),
     ));
-    if r.load_cpu_percent > SATURATED_PERCENT {
+    rows.push((
+        "other processes' CPU".into(),
+        format!(
+            "{:.0}% of a core (the machine's other work, in the core figures above)",
+            r.others_cpu_percent
+        ),
+    ));
+    if !r.net.is_empty() {
+        rows.push(("network".into(), r.net.clone()));
+    }
+    rows.push(("limit".into(), r.limit.clone()));
+    if r.others_cpu_percent >= BUSY_MACHINE_PERCENT {
         rows.push((
             "warning".into(),
-            "the load tool was near a full core: figures may be the tool's limit".into(),
+            format!(
+                "the rest of the machine used {:.0}% of a core meanwhile: the core figures and \
+                 the limit include it",
+                r.others_cpu_percent
+            ),
         ));
+    }
+    if let Some(w) = limit_warning(&r.limit) {
+        rows.push(("warning".into(), w.into()));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();
@@ -188,6 +319,42 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(out, "  {k:<width$}  {v}");
     }
     out
+}
+
+/// The rows of one core (`who`: broker or load).
+fn core_rows(who: &str, c: &CoreCpu, rows: &mut Vec<(String, String)>) {
+    if let Some(e) = &c.error {
+        rows.push((format!("{who} core {} error", c.core), e.clone()));
+        return;
+    }
+    rows.push((
+        format!("{who} core {} busy while publishing", c.core),
+        format!(
+            "{:.2} s ({:.0}% of it: user {:.0}, system {:.0}, softirq {:.0}, irq {:.0}; {} at rest)",
+            c.cpu_s,
+            c.busy_percent,
+            c.user_percent,
+            c.system_percent,
+            c.softirq_percent,
+            c.irq_percent,
+            c.rest_busy_percent
+                .map_or_else(|| "-".into(), |p| format!("{p:.0}%")),
+        ),
+    ));
+    rows.push((
+        format!("{who} core {} RPS IPIs / backlog drops", c.core),
+        format!("{} / {}", c.rps_ipis, c.backlog_drops),
+    ));
+    rows.push((
+        format!("{who} core {} CPU per delivery / per publish", c.core),
+        format!(
+            "{} / {} us (awake: {} / {} us)",
+            opt(c.cpu_us_per_delivery, 2),
+            opt(c.cpu_us_per_published, 2),
+            opt(c.awake_us_per_delivery, 2),
+            opt(c.awake_us_per_published, 2)
+        ),
+    ));
 }
 
 /// The rows of one watched set of processes (`who`: target or backend).
@@ -217,12 +384,36 @@ fn target_rows(who: &str, t: &Target, rows: &mut Vec<(String, String)>) {
     rows.push((
         format!("{who} CPU per delivery / per publish"),
         format!(
-            "{} / {} us",
+            "{} / {} us (on CPU, schedstat: {} / {} us)",
             opt(t.cpu_us_per_delivery, 2),
-            opt(t.cpu_us_per_published, 2)
+            opt(t.cpu_us_per_published, 2),
+            opt(t.oncpu_us_per_delivery, 2),
+            opt(t.oncpu_us_per_published, 2)
         ),
     ));
     if let Some(e) = &t.error {
         rows.push((format!("{who} error"), e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_the_saturated_side() {
+        // Cores known: 90 % busy or more is a limit.
+        assert_eq!(limit(Some(99.0), Some(40.0), 30.0), "broker");
+        assert_eq!(limit(Some(60.0), Some(97.0), 60.0), "load");
+        assert_eq!(limit(Some(95.0), Some(92.0), 80.0), "both");
+        assert_eq!(limit(Some(89.9), Some(89.9), 80.0), "neither");
+        // The load core's busy time decides, not the tool's own share of it.
+        assert_eq!(limit(Some(50.0), Some(50.0), 88.0), "neither");
+        // No load core: the tool's process CPU, with a lower bar.
+        assert_eq!(limit(None, None, 86.0), "load");
+        assert_eq!(limit(Some(100.0), None, 10.0), "broker");
+        assert!(limit_warning("load").unwrap().contains("latency"));
+        assert!(limit_warning("both").is_some());
+        assert_eq!(limit_warning("broker"), None);
     }
 }
