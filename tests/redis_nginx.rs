@@ -40,24 +40,9 @@ fn start_node(redis: &RedisServer) -> HeraldProcess {
     HeraldProcess::spawn(&node_toml(redis, any_port), &["--demo"])
 }
 
-/// A fresh process on the public address its predecessor had, so nginx's upstream stays
-/// as it is. The port was free when that process exited, but another socket (a client's
-/// source port) may hold it for a moment: a bind failure is retried, nothing else.
+/// A fresh process on the public address its predecessor had.
 async fn restart_node(redis: &RedisServer, public: SocketAddr) -> HeraldProcess {
-    let toml = node_toml(redis, public);
-    let spawn = move || {
-        for _ in 0..20 {
-            match HeraldProcess::try_spawn(&toml, &["--demo"]) {
-                Ok(node) => return node,
-                Err(e) if e.contains("cannot bind server.listen") => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("restart on {public}: {e}"),
-            }
-        }
-        panic!("{public} stayed taken for a second");
-    };
-    tokio::task::spawn_blocking(spawn).await.expect("restart")
+    HeraldProcess::respawn_on(node_toml(redis, public), &["--demo"], public).await
 }
 
 async fn open_streams(node: &HeraldProcess) -> usize {

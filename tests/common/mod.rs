@@ -145,6 +145,30 @@ impl HeraldProcess {
         Self::try_spawn_with_env(extra_toml, args, &[])
     }
 
+    /// A fresh process whose `extra_toml` names the public address a previous process had
+    /// (`public`), so a proxy's upstream stays as it is. The port was free when that
+    /// process exited, but another socket (a client's source port) may hold it for a
+    /// moment: a bind failure is retried for up to two seconds, nothing else.
+    pub async fn respawn_on(
+        extra_toml: String,
+        args: &'static [&'static str],
+        public: SocketAddr,
+    ) -> Self {
+        let spawn = move || {
+            for _ in 0..40 {
+                match Self::try_spawn(&extra_toml, args) {
+                    Ok(node) => return node,
+                    Err(e) if e.contains("cannot bind server.listen") => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("restart on {public}: {e}"),
+                }
+            }
+            panic!("{public} stayed taken for two seconds");
+        };
+        tokio::task::spawn_blocking(spawn).await.expect("restart")
+    }
+
     fn try_spawn_with_env(
         extra_toml: &str,
         args: &[&str],
