@@ -34,6 +34,10 @@ use crate::settings::{ConnLimits, Settings};
 use crate::write_timeout::WriteTimeout;
 
 /// Longest wait at the drain for the demo jobs to publish their last event and end.
+/// Most pipelined publishes of one connection answered together: bounds the answers
+/// held before their one `send`.
+const MAX_PIPELINED: usize = 64;
+
 const DEMO_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Options that are not configuration: how this process was started.
@@ -330,7 +334,17 @@ async fn serve_requests(
             }
             Head::Publish(head) => {
                 let last = closing.is_cancelled();
-                let after = direct_publish::serve(&state, &mut stream, &mut buf, head, last).await;
+                // A draining server answers one more request, not a pipelined run.
+                let run = if last {
+                    Vec::new()
+                } else {
+                    head::complete_publishes(&buf, &head, limits.max_header_bytes, MAX_PIPELINED)
+                };
+                let after = if run.len() > 1 {
+                    direct_publish::serve_pipelined(&state, &mut stream, &mut buf, run).await
+                } else {
+                    direct_publish::serve(&state, &mut stream, &mut buf, head, last).await
+                };
                 if after == After::Close {
                     return;
                 }

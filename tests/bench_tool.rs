@@ -177,6 +177,43 @@ async fn batches_over_channels_and_workers() {
     server.stop().await;
 }
 
+/// Pipelined floods (16 requests in flight on each connection): every request answered,
+/// every event delivered once to every stream of its channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_floods_are_counted_and_delivered() {
+    let server = TestServer::start(test_config()).await;
+    let args = [
+        "--subscribe-url",
+        &server.url("/events?channel={channel}"),
+        "--publish-url",
+        &server.url("/publish"),
+        "--subscribers",
+        "6",
+        "--channels",
+        "3",
+        "--flood",
+        "--pipeline",
+        "16",
+        "--publish-connections",
+        "2",
+        "--duration",
+        "0.5",
+        "--settle",
+        "0.2",
+    ];
+    let report = bench(&args).await;
+
+    let published = n(&report, "/published");
+    assert!(published >= 32, "{published}");
+    assert_eq!(n(&report, "/publish_requests"), published);
+    assert_eq!(n(&report, "/publish_errors"), 0);
+    assert_eq!(n(&report, "/expected"), published * 2);
+    assert_eq!(n(&report, "/delivered"), published * 2);
+    assert_eq!(n(&report, "/missing"), 0);
+    assert_eq!(n(&report, "/duplicates"), 0);
+    server.stop().await;
+}
+
 #[test]
 fn refuses_targets_off_this_machine() {
     let output = Command::new(env!("CARGO_BIN_EXE_herald-bench"))

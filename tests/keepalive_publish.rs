@@ -4,13 +4,17 @@
 //! request without losing a byte.
 
 mod common;
+mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::redis::{RedisOptions, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -43,8 +47,12 @@ struct Conn {
 
 impl Conn {
     async fn open(server: &TestServer) -> Self {
+        Self::to(server.public).await
+    }
+
+    async fn to(addr: SocketAddr) -> Self {
         Self {
-            io: TcpStream::connect(server.public).await.unwrap(),
+            io: TcpStream::connect(addr).await.unwrap(),
             buf: Vec::new(),
         }
     }
@@ -177,6 +185,82 @@ async fn keep_alive_and_pipelined_publishes_are_answered_in_order() {
         .collect();
     assert_eq!(got_ids, ids);
     server.stop().await;
+}
+
+/// Forty publishes in one write (one of them refused, one with an `Origin`, the last
+/// with `Connection: close`), against the node at `addr` while `events` follows the
+/// channel: every answer in request order, the refusal in its place, the events in that
+/// order with the IDs the answers gave, and the connection closed after the last.
+async fn a_pipelined_run_is_published_in_order(addr: SocketAddr, mut events: SseClient) {
+    events.expect_preamble().await;
+    let mut conn = Conn::to(addr).await;
+    const RUN: usize = 40;
+    let mut burst = Vec::new();
+    for i in 0..RUN {
+        match i {
+            17 => burst.extend_from_slice(
+                b"POST /publish HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n{",
+            ),
+            23 => burst.extend(publish_request("pl", "p23", "Origin: https://app.example\r\n")),
+            _ if i == RUN - 1 => burst.extend(publish_request("pl", "last", "Connection: close\r\n")),
+            _ => burst.extend(publish_request("pl", &format!("p{i}"), "")),
+        }
+    }
+    conn.send(&burst).await;
+    let mut ids = Vec::new();
+    for i in 0..RUN {
+        let answer = conn.answer().await;
+        if i == 17 {
+            assert_eq!(answer.status, 400, "{answer:?}");
+            assert_eq!(answer.json()["error"], "invalid_json");
+            continue;
+        }
+        assert_eq!(answer.status, 200, "answer {i}: {answer:?}");
+        let close = answer.header("connection");
+        assert_eq!(close, (i == RUN - 1).then_some("close"), "answer {i}");
+        if i == 23 {
+            let allowed = answer.header("access-control-allow-origin");
+            assert_eq!(allowed, Some("https://app.example"), "{answer:?}");
+        }
+        ids.push(id_of(&answer.json()));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(conn.closed().await, "open after Connection: close");
+
+    let got = events.events(RUN - 1, WAIT).await;
+    let mut sent: Vec<String> = (0..RUN - 1)
+        .filter(|&i| i != 17)
+        .map(|i| format!("p{i}"))
+        .collect();
+    sent.push("last".into());
+    let data: Vec<String> = got.iter().map(|e| e.data.clone()).collect();
+    assert_eq!(data, sent);
+    let got_ids: Vec<u64> = got
+        .iter()
+        .map(|e| e.last_event_id.parse().unwrap())
+        .collect();
+    assert_eq!(got_ids, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_are_answered_together_and_in_order() {
+    let mut config = quick_config();
+    config.server.cors_allowed_origins = vec!["https://app.example".into()];
+    let server = TestServer::start(config).await;
+    let events = SseClient::connect(&server.url("/events?channel=pl")).await;
+    a_pipelined_run_is_published_in_order(server.public, events).await;
+    server.stop().await;
+}
+
+/// With Redis the run goes through the publisher's queue together: its order must hold
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_their_order_through_redis() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let origins = ("HERALD_SERVER__CORS_ALLOWED_ORIGINS", "https://app.example");
+    let node = HeraldProcess::spawn_with_env(&redis.backend_toml(), &["--demo"], &[origins]);
+    let events = SseClient::connect(&node.url("/events?channel=pl")).await;
+    a_pipelined_run_is_published_in_order(node.public, events).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@
 //! the instructions herald spent on a publish (callgrind).
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
+use http::{HeaderValue, Response};
 use http_body_util::{BodyExt, Either};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use super::direct::{write_head, write_within, Framing};
 use super::head::PublishHead;
 use super::publish::{respond, BodyError};
+use super::response::Body;
 use super::{cors, AppState};
 use crate::auth::Listener;
 
@@ -41,37 +42,19 @@ pub async fn serve(
     // pipelining client sent after it) goes on in `rest`.
     let mut rest = buf.split_off(head.len);
     let length = head.content_length;
-    let mut resp = respond(state, &head.headers(buf), Listener::Public, |max| {
+    let resp = respond(state, &head.headers(buf), Listener::Public, |max| {
         read_body(io, &mut rest, length, max)
     })
     .await;
-    let origin = head
-        .origin(buf)
-        .and_then(|o| HeaderValue::from_bytes(o).ok());
-    cors::decorate(state, origin.as_ref(), &mut resp);
     // A body the handler did not read (refused on its headers) may still be on its way:
     // then the next request's start is unknown and the connection closes.
     let body_unread = rest.len() < length;
     let keep_alive = !body_unread && !head.close && !closing;
-    let (parts, body) = resp.into_parts();
-    let Either::Left(body) = body else {
+    let mut out = BytesMut::new();
+    if !encode_answer(state, head.origin(buf), resp, keep_alive, &mut out).await {
         return After::Close;
-    };
-    let framing = if keep_alive {
-        Framing::KeepAlive
-    } else {
-        Framing::Close
-    };
-    let Ok(body) = body.collect().await.map(|c| c.to_bytes());
-    let mut out = BytesMut::with_capacity(256 + body.len());
-    write_head(&mut out, &parts, Some(body.len() as u64), framing);
-    out.extend_from_slice(&body);
-    let write_timeout = state.settings().conn.write_timeout;
-    let timeouts = &state.hub.metrics().write_timeouts;
-    if write_within(io, &out, write_timeout, timeouts)
-        .await
-        .is_err()
-    {
+    }
+    if write_answers(state, io, &out).await.is_err() {
         return After::Close;
     }
     if !keep_alive {
@@ -85,6 +68,91 @@ pub async fn serve(
     buf.clear();
     buf.extend_from_slice(&rest[length..]);
     After::KeepAlive
+}
+
+/// Answer the publishes of `run` (from [`super::head::complete_publishes`]: at least
+/// two, each complete in `buf`) together, and write their answers in one `send`.
+///
+/// Why: a pipelining publisher's requests arrive in one read, and answering them one
+/// by one costs a `send` each and, with Redis, one script call each, since a request
+/// would wait for its answer before the next one queues. Here they are handled at once:
+/// `join_all` polls them in order, and each reaches the backend (the hub, or the Redis
+/// publisher's FIFO queue) without waiting on anything before it, since its body is
+/// already read; so they are published in the order they were sent, and the answers
+/// go out in that order too.
+pub async fn serve_pipelined(
+    state: &AppState,
+    io: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    run: Vec<(usize, PublishHead)>,
+) -> After {
+    let answers = futures_util::future::join_all(run.iter().map(|(at, head)| {
+        let (head_bytes, body) = buf[*at..*at + head.len + head.content_length].split_at(head.len);
+        let headers = head.headers(head_bytes);
+        async move {
+            respond(state, &headers, Listener::Public, move |max| {
+                let body = if body.len() > max {
+                    Err(BodyError::TooLarge)
+                } else {
+                    Ok(Bytes::copy_from_slice(body))
+                };
+                std::future::ready(body)
+            })
+            .await
+        }
+    }))
+    .await;
+    let mut out = BytesMut::new();
+    for ((at, head), resp) in run.iter().zip(answers) {
+        // The run ends at a `Connection: close`, so only the last one can say it.
+        if !encode_answer(state, head.origin(&buf[*at..]), resp, !head.close, &mut out).await {
+            return After::Close;
+        }
+    }
+    if write_answers(state, io, &out).await.is_err() {
+        return After::Close;
+    }
+    let Some((at, last)) = run.last() else {
+        return After::KeepAlive;
+    };
+    if last.close {
+        let _ = io.shutdown().await;
+        return After::Close;
+    }
+    buf.drain(..at + last.len + last.content_length);
+    After::KeepAlive
+}
+
+async fn write_answers(state: &AppState, io: &mut TcpStream, out: &[u8]) -> std::io::Result<()> {
+    let write_timeout = state.settings().conn.write_timeout;
+    write_within(io, out, write_timeout, &state.hub.metrics().write_timeouts).await
+}
+
+/// Append `resp` to `out` as it goes on the wire, with the CORS headers for `origin`;
+/// false for an answer that is not a complete body (a publish never is one).
+async fn encode_answer(
+    state: &AppState,
+    origin: Option<&[u8]>,
+    mut resp: Response<Body>,
+    keep_alive: bool,
+    out: &mut BytesMut,
+) -> bool {
+    let origin = origin.and_then(|o| HeaderValue::from_bytes(o).ok());
+    cors::decorate(state, origin.as_ref(), &mut resp);
+    let (parts, body) = resp.into_parts();
+    let Either::Left(body) = body else {
+        return false;
+    };
+    let framing = if keep_alive {
+        Framing::KeepAlive
+    } else {
+        Framing::Close
+    };
+    let Ok(body) = body.collect().await.map(|c| c.to_bytes());
+    out.reserve(256 + body.len());
+    write_head(out, &parts, Some(body.len() as u64), framing);
+    out.extend_from_slice(&body);
+    true
 }
 
 /// The first `length` bytes of `buf`, reading more from `io` as needed.

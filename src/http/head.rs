@@ -98,6 +98,35 @@ pub async fn read(
     }
 }
 
+/// The publishes that arrived complete, head and body, one after another at the start of
+/// `buf` (a pipelining client's), beginning with `first`: each with its offset in `buf`.
+/// Stops at `most`, at the first that is incomplete or anything but a plain publish, and
+/// after one that says `Connection: close`.
+pub fn complete_publishes(
+    buf: &[u8],
+    first: &PublishHead,
+    max_bytes: usize,
+    most: usize,
+) -> Vec<(usize, PublishHead)> {
+    let mut run = Vec::new();
+    let mut at = 0;
+    let mut head = first.clone();
+    while run.len() < most && at + head.len + head.content_length <= buf.len() {
+        let next = at + head.len + head.content_length;
+        let close = head.close;
+        run.push((at, head));
+        if close {
+            break;
+        }
+        at = next;
+        match parse(&buf[at..], max_bytes) {
+            Some(Head::Publish(h)) => head = h,
+            _ => break,
+        }
+    }
+    run
+}
+
 /// Parse what has arrived: `None` while the head is incomplete.
 fn parse(buf: &[u8], max_bytes: usize) -> Option<Head> {
     if buf.is_empty() {
@@ -272,5 +301,33 @@ mod tests {
             parse(&big.as_bytes()[..80], 64),
             Some(Head::TooLarge)
         ));
+    }
+
+    #[test]
+    fn a_pipelined_run_ends_at_what_is_not_a_complete_publish() {
+        let publish = |body: &str, extra: &str| {
+            format!(
+                "POST /publish HTTP/1.1\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let run_of = |raw: &str, most: usize| {
+            let Some(Head::Publish(first)) = parse(raw.as_bytes(), 1024) else {
+                panic!("not a publish: {raw:?}");
+            };
+            complete_publishes(raw.as_bytes(), &first, 1024, most)
+        };
+        let (a, b, c) = (publish("aa", ""), publish("bbb", ""), publish("c", ""));
+        let three = format!("{a}{b}{c}");
+        let offsets: Vec<usize> = run_of(&three, 64).iter().map(|(at, _)| *at).collect();
+        assert_eq!(offsets, [0, a.len(), a.len() + b.len()]);
+        assert_eq!(run_of(&three, 2).len(), 2);
+        // The third's body has not all arrived; a head alone does not count either.
+        assert_eq!(run_of(&three[..three.len() - 1], 64).len(), 2);
+        assert_eq!(run_of(&a[..a.len() - 1], 64).len(), 0);
+        // Anything else ends it, and so does a `Connection: close`.
+        assert_eq!(run_of(&format!("{a}GET /x HTTP/1.1\r\n\r\n{c}"), 64).len(), 1);
+        let close = publish("x", "Connection: close\r\n");
+        assert_eq!(run_of(&format!("{a}{close}{c}"), 64).len(), 2);
     }
 }

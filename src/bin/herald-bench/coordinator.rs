@@ -270,6 +270,7 @@ async fn execute(args: &RunArgs) -> anyhow::Result<Report> {
             rate: (!args.flood).then_some(args.rate),
             batch: args.batch,
             connections: args.publish_connections,
+            pipeline: args.pipeline,
             payload_bytes: args.payload_bytes,
             start: window_start,
             end: window_end,

@@ -142,6 +142,10 @@ pub struct RunArgs {
     /// Keep-alive HTTP/1.1 publishing connections, one request in flight on each.
     #[arg(long, default_value_t = 8)]
     pub publish_connections: usize,
+    /// Requests each publishing connection sends before reading their answers (HTTP/1.1
+    /// pipelining; with --flood only).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
     /// New subscriptions per second (0: all at once).
     #[arg(long, default_value_t = 5000.0)]
     pub connect_rate: f64,
@@ -221,6 +225,12 @@ impl RunArgs {
         }
         if self.publish_connections == 0 || self.publish_connections > 1024 {
             return Err("--publish-connections must be in 1..=1024".into());
+        }
+        if self.pipeline == 0 || self.pipeline > 256 {
+            return Err("--pipeline must be in 1..=256".into());
+        }
+        if self.pipeline > 1 && !self.flood {
+            return Err("--pipeline needs --flood".into());
         }
         if self.payload_bytes > 1 << 20 {
             return Err("--payload-bytes is at most 1 MiB".into());

@@ -1,5 +1,6 @@
 //! Keep-alive HTTP/1.1 publishers: each connection sends one request at a time, on a
-//! schedule (`--rate`) or back to back (`--flood`), and numbers its events per channel.
+//! schedule (`--rate`) or back to back (`--flood`, where `--pipeline N` sends N before
+//! reading their answers), and numbers its events per channel.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     pub batch: usize,
     pub connections: usize,
+    /// Requests sent before their answers are read (1 unless flooding).
+    pub pipeline: usize,
     pub payload_bytes: usize,
     pub start: Instant,
     pub end: Instant,
@@ -98,45 +101,77 @@ pub async fn publisher(p: usize, plan: Rc<Plan>, totals: Rc<Totals>) {
         let Some(conn) = client.as_mut() else {
             continue;
         };
-        let first = r * plan.batch as u64;
-        let channel_of = |j: usize| ((first + j as u64) % plan.channels as u64) as usize;
-        let sent_ns = crate::worker::now_ns();
-        build_body(&mut body, &plan, p as u32, first, sent_ns, &mut seqs);
-        let channel = format!("{}{}", plan.channel_prefix, channel_of(0));
-        build_request(&mut request, &plan, &channel, &body);
-        // Counted as owed to subscribers from the moment it is sent, so that a request
-        // still in flight when the run ends (and then published) is not an "extra".
-        count(&totals, plan.batch, channel_of, 1);
-        let refused = match conn.exchange(&request).await {
-            Ok(head) if (200..300).contains(&head.status) => {
-                totals.events.set(totals.events.get() + plan.batch as u64);
-                totals.requests.set(totals.requests.get() + 1);
-                if !head.keep_alive {
-                    client = None;
+        // Requests r, r + connections, ...: the numbering of one request at a time.
+        let round: Vec<u64> = (0..plan.pipeline as u64)
+            .map(|k| r + k * plan.connections as u64)
+            .collect();
+        request.clear();
+        for &q in &round {
+            let first = q * plan.batch as u64;
+            let sent_ns = crate::worker::now_ns();
+            build_body(&mut body, &plan, p as u32, first, sent_ns, &mut seqs);
+            let channel = format!("{}{}", plan.channel_prefix, channel_of(&plan, first, 0));
+            build_request(&mut request, &plan, &channel, &body);
+            // Counted as owed to subscribers from the moment it is sent, so that a
+            // request still in flight when the run ends (and then published) is not an
+            // "extra".
+            count(&totals, &plan, first, 1);
+        }
+        let mut answers = Vec::with_capacity(round.len());
+        match conn.send(&request).await {
+            Ok(()) => {
+                for _ in &round {
+                    let answer = conn.read_answer().await;
+                    let failed = answer.is_err();
+                    answers.push(answer);
+                    if failed {
+                        break;
+                    }
                 }
-                None
             }
-            Ok(head) => {
-                if !head.keep_alive {
-                    client = None;
+            Err(reason) => answers.push(Err(reason)),
+        }
+        for (k, &q) in round.iter().enumerate() {
+            let first = q * plan.batch as u64;
+            let answer = answers
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| Err("the connection failed before this answer".into()));
+            let refused = match answer {
+                Ok(head) if (200..300).contains(&head.status) => {
+                    totals.events.set(totals.events.get() + plan.batch as u64);
+                    totals.requests.set(totals.requests.get() + 1);
+                    if !head.keep_alive {
+                        client = None;
+                    }
+                    None
                 }
-                Some(format!("status {}", head.status))
-            }
-            Err(reason) => {
-                client = None;
-                Some(reason)
-            }
-        };
-        if let Some(reason) = refused {
-            // Not published: give the numbers back so subscribers see no gap.
-            fail(&totals, reason);
-            count(&totals, plan.batch, channel_of, -1);
-            for j in 0..plan.batch {
-                let c = channel_of(j);
-                seqs[c] = seqs[c].saturating_sub(1);
+                Ok(head) => {
+                    if !head.keep_alive {
+                        client = None;
+                    }
+                    Some(format!("status {}", head.status))
+                }
+                Err(reason) => {
+                    client = None;
+                    Some(reason)
+                }
+            };
+            if let Some(reason) = refused {
+                // Not published: give the numbers back so subscribers see no gap (one
+                // request at a time; a refused request of a pipelined round leaves its
+                // numbers unused, since later ones were sent with the next numbers).
+                fail(&totals, reason);
+                count(&totals, &plan, first, -1);
+                if plan.pipeline == 1 {
+                    for j in 0..plan.batch {
+                        let c = channel_of(&plan, first, j);
+                        seqs[c] = seqs[c].saturating_sub(1);
+                    }
+                }
             }
         }
-        r += plan.connections as u64;
+        r += (plan.connections * plan.pipeline) as u64;
     }
     totals.finished.set(totals.finished.get() + 1);
 }
@@ -172,11 +207,17 @@ fn build_body(body: &mut Vec<u8>, plan: &Plan, p: u32, first: u64, sent_ns: u64,
     }
 }
 
+/// The channel index of event `j` of the request whose first event is number `first`:
+/// events go round-robin over the channels.
+fn channel_of(plan: &Plan, first: u64, j: usize) -> usize {
+    ((first + j as u64) % plan.channels as u64) as usize
+}
+
 /// Add (or take back) one event per batch member to its channel's owed count.
-fn count(totals: &Totals, batch: usize, channel_of: impl Fn(usize) -> usize, delta: i64) {
+fn count(totals: &Totals, plan: &Plan, first: u64, delta: i64) {
     let mut per_channel = totals.per_channel.borrow_mut();
-    for j in 0..batch {
-        let c = &mut per_channel[channel_of(j)];
+    for j in 0..plan.batch {
+        let c = &mut per_channel[channel_of(plan, first, j)];
         *c = c.saturating_add_signed(delta);
     }
 }
@@ -186,8 +227,8 @@ fn fail(totals: &Totals, reason: String) {
     *totals.failures.borrow_mut().entry(reason).or_default() += 1;
 }
 
+/// Append the request for `body` to `out`.
 fn build_request(out: &mut Vec<u8>, plan: &Plan, channel: &str, body: &[u8]) {
-    out.clear();
     let content_type = match plan.format {
         PublishFormat::Herald => "application/json",
         PublishFormat::Raw => "text/plain",
@@ -226,32 +267,39 @@ impl Client {
         })
     }
 
-    /// Send one request and read its whole response.
-    async fn exchange(&mut self, request: &[u8]) -> Result<Head, String> {
+    /// Send requests (one, or several pipelined).
+    async fn send(&mut self, requests: &[u8]) -> Result<(), String> {
         self.stream
-            .write_all(request)
+            .write_all(requests)
             .await
-            .map_err(|e| format!("write: {:?}", e.kind()))?;
-        self.buf.clear();
+            .map_err(|e| format!("write: {:?}", e.kind()))
+    }
+
+    /// Read the next whole response; what follows it (the next pipelined answer) stays
+    /// in the buffer.
+    async fn read_answer(&mut self) -> Result<Head, String> {
         let head = loop {
-            if self.read_more().await? == 0 {
-                return Err("closed before the response head".into());
-            }
             if let Some(head) = parse_head(&self.buf)? {
                 break head;
             }
+            if self.read_more().await? == 0 {
+                return Err("closed before the response head".into());
+            }
         };
+        self.buf.drain(..head.len);
         let mut decoder = BodyDecoder::new(head.framing);
-        decoder.feed(&self.buf[head.len..], &mut |_| {})?;
-        while !decoder.is_done() {
-            self.buf.clear();
+        loop {
+            let used = decoder.feed(&self.buf, &mut |_| {})?;
+            self.buf.drain(..used);
+            if decoder.is_done() {
+                break;
+            }
             if self.read_more().await? == 0 {
                 if head.framing == Framing::Close {
                     break;
                 }
                 return Err("closed inside the response body".into());
             }
-            decoder.feed(&self.buf, &mut |_| {})?;
         }
         Ok(head)
     }
@@ -281,6 +329,7 @@ mod tests {
             rate: None,
             batch,
             connections: 1,
+            pipeline: 1,
             payload_bytes: 20,
             start: now,
             end: now,
