@@ -326,7 +326,10 @@ mod tests {
         assert_eq!(run_of(&three[..three.len() - 1], 64).len(), 2);
         assert_eq!(run_of(&a[..a.len() - 1], 64).len(), 0);
         // Anything else ends it, and so does a `Connection: close`.
-        assert_eq!(run_of(&format!("{a}GET /x HTTP/1.1\r\n\r\n{c}"), 64).len(), 1);
+        assert_eq!(
+            run_of(&format!("{a}GET /x HTTP/1.1\r\n\r\n{c}"), 64).len(),
+            1
+        );
         let close = publish("x", "Connection: close\r\n");
         assert_eq!(run_of(&format!("{a}{close}{c}"), 64).len(), 2);
     }

@@ -2,8 +2,10 @@
 //! while it is in flight travel together in the next one.
 //!
 //! Why: one script call costs Redis ~15-25 µs of fixed work (script lookup, argument
-//! conversion, the Lua call, the time and sequence keys) and the node a command round
-//! trip, whatever the number of events in it. Publishers on many connections therefore
+//! conversion, the Lua call, the time and sequence keys, the per-channel HMGET, HSET,
+//! ZADD and XTRIM, the PUBLISH: ~200k instructions for a call of 4 events on one channel,
+//! against ~24k per event in a call of 100; `bench/lua_cost.py --callgrind`) and the node
+//! a command round trip, whatever the number of events in it. Publishers on many connections therefore
 //! queue here, and one call carries everything queued, up to `MAX_GROUP_EVENTS`. One call
 //! at a time lets the groups grow with the load (measured with herald and Redis on one
 //! core, 8 publishers: groups of ~4 and 28k publishes/s, against groups of ~1.4 and 20k/s
@@ -13,6 +15,7 @@
 //! request in it: nothing is answered 200 unless Redis took it (and, with
 //! `replica_acks`, that many replicas too).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use ::redis::{ErrorKind, ServerErrorKind};
@@ -93,8 +96,12 @@ impl RedisBackend {
     ) -> Result<Vec<u64>, BackendError> {
         let keys = &self.keys;
         let mut call = self.invocation(&self.scripts.publish);
+        // Each channel's stream once, in the order the channels first appear.
+        let mut streams = HashSet::with_capacity(events.len());
         for (channel, _) in events {
-            call.key(keys.stream(channel));
+            if streams.insert(channel.as_str()) {
+                call.key(keys.stream(channel));
+            }
         }
         call.arg(self.max_events())
             .arg(self.max_age_us())
@@ -110,10 +117,13 @@ impl RedisBackend {
             let (answer, acks) = self.publish_and_wait(&call).await?;
             (answer, Some(acks))
         };
-        let (epoch, ids) = answer
-            .split_first()
-            .ok_or_else(|| BackendError::Unavailable("publish: empty answer".into()))?;
-        self.hub.rebase(*epoch);
+        // {epoch, first ID}: the events have consecutive IDs from the first.
+        let [epoch, first] = answer[..] else {
+            return Err(BackendError::Unavailable(
+                "publish: unexpected answer".into(),
+            ));
+        };
+        self.hub.rebase(epoch);
         let wanted = self.settings.replica_acks;
         match acks {
             Some(acks) if acks < u64::from(wanted) => {
@@ -130,7 +140,7 @@ impl RedisBackend {
                      (the event was published and may still appear)"
                 )))
             }
-            _ => Ok(ids.to_vec()),
+            _ => Ok((first..).take(events.len()).collect()),
         }
     }
 
