@@ -220,3 +220,60 @@ async fn concurrent_publishers_on_both_nodes_reach_hopping_subscribers_once_in_o
         assert_eq!(got.len(), accepted.len(), "subscriber {n}");
     }
 }
+
+/// One batch over 1,000 channels (the script reads and writes the channels' newest IDs in
+/// chunks of 1,000 and 500): every event on its own channel with consecutive IDs, streams
+/// on channels in different chunks get theirs, and a later event's resume on another node
+/// chains onto the batch's (no reset, nothing missing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_a_thousand_channels_is_one_atomic_step() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let (a, b) = (node(&redis), node(&redis));
+    let client = reqwest::Client::new();
+    let watched = ["c-0", "c-499", "c-500", "c-999"];
+    let mut streams = Vec::new();
+    for channel in watched {
+        let mut s = SseClient::connect(&b.url(&format!("/events?channel={channel}"))).await;
+        s.expect_preamble().await;
+        streams.push(s);
+    }
+    let batch: Vec<_> = (0..1000)
+        .map(|i| json!({"channel": format!("c-{i}"), "data": format!("d{i}")}))
+        .collect();
+    let answer = publish(&client, &a.url("/publish"), &json!(batch)).await;
+    let ids: Vec<u64> = answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert!(ids.windows(2).all(|w| w[0] + 1 == w[1]), "not consecutive");
+    for (channel, stream) in watched.iter().zip(&mut streams) {
+        let i: usize = channel[2..].parse().unwrap();
+        let e = stream.next_event(WAIT).await;
+        assert_eq!(
+            (e.data, e.last_event_id),
+            (format!("d{i}"), ids[i].to_string()),
+            "{channel}"
+        );
+    }
+    let later = publish_data(&client, &b.url("/publish"), "c-750", "later").await;
+    let mut resumed =
+        SseClient::resume(&a.url("/events?channel=c-750"), &(ids[0] - 1).to_string()).await;
+    resumed.expect_preamble().await;
+    let got: Vec<(String, String)> = resumed
+        .events(2, WAIT)
+        .await
+        .into_iter()
+        .map(|e| (e.event_type, e.data))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("message".to_string(), "d750".to_string()),
+            ("message".to_string(), "later".to_string())
+        ],
+        "then {later}"
+    );
+}
