@@ -33,11 +33,11 @@ use crate::metrics::Metrics;
 use crate::settings::{ConnLimits, Settings};
 use crate::write_timeout::WriteTimeout;
 
-/// Longest wait at the drain for the demo jobs to publish their last event and end.
 /// Most pipelined publishes of one connection answered together: bounds the answers
 /// held before their one `send`.
 const MAX_PIPELINED: usize = 64;
 
+/// Longest wait at the drain for the demo jobs to publish their last event and end.
 const DEMO_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Options that are not configuration: how this process was started.

@@ -9,6 +9,17 @@ use std::process::Command;
 use common::{test_config, TestServer};
 use serde_json::Value;
 
+/// Run the tool against herald's `server` (its subscribe and publish URLs) with `args`.
+async fn bench_on(server: &TestServer, args: &[&str]) -> Value {
+    let (subscribe, publish) = (
+        server.url("/events?channel={channel}"),
+        server.url("/publish"),
+    );
+    let mut all = vec!["--subscribe-url", &subscribe, "--publish-url", &publish];
+    all.extend_from_slice(args);
+    bench(&all).await
+}
+
 /// Run the tool with `args` and return its JSON report.
 async fn bench(args: &[&str]) -> Value {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -46,10 +57,6 @@ fn n(report: &Value, pointer: &str) -> u64 {
 async fn every_subscriber_gets_every_event_once() {
     let server = TestServer::start(test_config()).await;
     let args = [
-        "--subscribe-url",
-        &server.url("/events?channel={channel}"),
-        "--publish-url",
-        &server.url("/publish"),
         "--subscribers",
         "50",
         "--rate",
@@ -75,7 +82,7 @@ async fn every_subscriber_gets_every_event_once() {
         "--net",
         "loopback",
     ];
-    let report = bench(&args).await;
+    let report = bench_on(&server, &args).await;
 
     assert_eq!(n(&report, "/connected"), 50);
     assert_eq!(n(&report, "/failed"), 0);
@@ -141,10 +148,6 @@ async fn every_subscriber_gets_every_event_once() {
 async fn batches_over_channels_and_workers() {
     let server = TestServer::start(test_config()).await;
     let args = [
-        "--subscribe-url",
-        &server.url("/events?channel={channel}"),
-        "--publish-url",
-        &server.url("/publish"),
         "--subscribers",
         "40",
         "--channels",
@@ -162,7 +165,7 @@ async fn batches_over_channels_and_workers() {
         "--settle",
         "0.2",
     ];
-    let report = bench(&args).await;
+    let report = bench_on(&server, &args).await;
 
     assert_eq!(n(&report, "/workers"), 3);
     assert_eq!(n(&report, "/connected"), 40);
@@ -183,10 +186,6 @@ async fn batches_over_channels_and_workers() {
 async fn pipelined_floods_are_counted_and_delivered() {
     let server = TestServer::start(test_config()).await;
     let args = [
-        "--subscribe-url",
-        &server.url("/events?channel={channel}"),
-        "--publish-url",
-        &server.url("/publish"),
         "--subscribers",
         "6",
         "--channels",
@@ -201,7 +200,7 @@ async fn pipelined_floods_are_counted_and_delivered() {
         "--settle",
         "0.2",
     ];
-    let report = bench(&args).await;
+    let report = bench_on(&server, &args).await;
 
     let published = n(&report, "/published");
     assert!(published >= 32, "{published}");

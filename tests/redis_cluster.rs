@@ -43,12 +43,7 @@ async fn two_nodes_are_one_broker() {
         {"channel": "sport", "data": "s2", "event": "goal"},
     ]);
     let answer = publish(&client, &a.url("/publish"), &batch).await;
-    let ids: Vec<u64> = answer["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let ids = batch_ids(&answer);
     assert!(first < ids[0], "{first} then {ids:?}");
     assert!(ids.windows(2).all(|w| w[0] + 1 == w[1]), "{ids:?}");
     let got = on_b.events(3, WAIT).await;
@@ -241,12 +236,7 @@ async fn a_batch_over_a_thousand_channels_is_one_atomic_step() {
         .map(|i| json!({"channel": format!("c-{i}"), "data": format!("d{i}")}))
         .collect();
     let answer = publish(&client, &a.url("/publish"), &json!(batch)).await;
-    let ids: Vec<u64> = answer["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let ids = batch_ids(&answer);
     assert_eq!(ids.len(), 1000);
     assert!(ids.windows(2).all(|w| w[0] + 1 == w[1]), "not consecutive");
     for (channel, stream) in watched.iter().zip(&mut streams) {

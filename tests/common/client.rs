@@ -201,6 +201,16 @@ pub async fn publish(client: &reqwest::Client, url: &str, body: &Value) -> Value
     answer
 }
 
+/// The IDs of a batch publish's answer (`{"events": [{"id": ...}, ...]}`), in order.
+pub fn batch_ids(answer: &Value) -> Vec<u64> {
+    answer["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch answer: {answer}"))
+        .iter()
+        .map(id_of)
+        .collect()
+}
+
 /// Publish one event and return its ID.
 pub async fn publish_data(client: &reqwest::Client, url: &str, channel: &str, data: &str) -> u64 {
     let answer = publish(
