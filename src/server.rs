@@ -334,8 +334,10 @@ async fn serve_requests(
             }
             Head::Publish(head) => {
                 let last = closing.is_cancelled();
-                // A draining server answers one more request, not a pipelined run.
-                let run = if last {
+                // A draining server answers one more request, not a pipelined run; and
+                // with nothing after this request there is no run to look for.
+                let followed = buf.len() > head.len + head.content_length;
+                let run = if last || !followed {
                     Vec::new()
                 } else {
                     head::complete_publishes(&buf, &head, limits.max_header_bytes, MAX_PIPELINED)
