@@ -243,7 +243,7 @@ async fn a_pipelined_run_is_published_in_order(addr: SocketAddr, mut events: Sse
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_publishes_are_answered_together_and_in_order() {
+async fn pipelined_publishes_are_answered_in_order() {
     let mut config = quick_config();
     config.server.cors_allowed_origins = vec!["https://app.example".into()];
     let server = TestServer::start(config).await;

@@ -3,10 +3,10 @@
 //!
 //! Why: one script call costs Redis ~15-25 µs of fixed work (script lookup, argument
 //! conversion, the Lua call, the time and sequence keys, the per-channel HMGET, HSET,
-//! ZADD and XTRIM, the PUBLISH: ~200k instructions for a call of 4 events on one channel,
-//! against ~24k per event in a call of 100; `bench/lua_cost.py --callgrind`) and the node
-//! a command round trip, whatever the number of events in it. Publishers on many connections therefore
-//! queue here, and one call carries everything queued, up to `MAX_GROUP_EVENTS`. One call
+//! ZADD and XTRIM, the PUBLISH: ~225k instructions for a call of 4 events on one channel,
+//! against ~27k per event in a call of 100; `bench/lua_cost.py --callgrind`) and the
+//! node a command round trip, whatever the number of events in it. Publishers on many
+//! connections therefore queue here, and one call carries everything queued, up to `MAX_GROUP_EVENTS`. One call
 //! at a time lets the groups grow with the load (measured with herald and Redis on one
 //! core, 8 publishers: groups of ~4 and 28k publishes/s, against groups of ~1.4 and 20k/s
 //! with four calls in flight), and a `WAIT` for replica acks (which holds back every

@@ -131,11 +131,11 @@ pub async fn publisher(p: usize, plan: Rc<Plan>, totals: Rc<Totals>) {
             }
             Err(reason) => answers.push(Err(reason)),
         }
-        for (k, &q) in round.iter().enumerate() {
+        let mut answers = answers.into_iter();
+        for &q in &round {
             let first = q * plan.batch as u64;
             let answer = answers
-                .get(k)
-                .cloned()
+                .next()
                 .unwrap_or_else(|| Err("the connection failed before this answer".into()));
             let refused = match answer {
                 Ok(head) if (200..300).contains(&head.status) => {
