@@ -98,7 +98,7 @@ def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--scripts", default=os.path.join(here, "..", "src/backend/redis/scripts.rs"))
-    ap.add_argument("--layout", default="v2", help="v1: a stream key per event (herald before the key-per-channel change); v2: per channel")
+    ap.add_argument("--layout", default="v3", help="v1: a stream key per event (herald before the key-per-channel change); v2: per channel; v3: per channel its stream and marks keys, and the tally key")
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--calls", type=int, default=5000)
@@ -153,6 +153,16 @@ def build_call(args, sha, prefix="herald:"):
         # Each channel's stream key once, in first-seen order; per event channel + body.
         distinct = list(dict.fromkeys(chans))
         keys = common + [prefix + "s:" + ch for ch in distinct]
+        argv = ["0", str(args.max_events), str(args.max_age_us), prefix + "events"]
+        for ch, b in zip(chans, bodies):
+            argv += [ch, b]
+    elif args.layout == "v3":
+        # Six common keys (the tally last); per channel, in first-seen order, its stream
+        # and marks keys; per event channel + body.
+        distinct = list(dict.fromkeys(chans))
+        keys = common + [prefix + "tally"]
+        for ch in distinct:
+            keys += [prefix + "s:" + ch, prefix + "marks:" + ch]
         argv = ["0", str(args.max_events), str(args.max_age_us), prefix + "events"]
         for ch, b in zip(chans, bodies):
             argv += [ch, b]

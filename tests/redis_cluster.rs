@@ -267,3 +267,122 @@ async fn a_batch_over_a_thousand_channels_is_one_atomic_step() {
         "then {later}"
     );
 }
+
+/// The events a stream's entries hold, by the entries' `n` field (absent: one).
+fn events_in_stream(redis: &RedisServer, channel: &str) -> usize {
+    let key = format!("herald:s:{channel}");
+    let out = redis
+        .cli(&["--no-raw", "XRANGE", &key, "-", "+"])
+        .expect("XRANGE");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let entries = redis
+        .cli(&["XLEN", &key])
+        .expect("XLEN")
+        .trim()
+        .parse::<usize>()
+        .unwrap();
+    let counted: usize = lines
+        .windows(2)
+        .filter(|w| w[0].ends_with("\"n\""))
+        .map(|w| w[1].rsplit('"').nth(1).unwrap().parse::<usize>().unwrap())
+        .sum();
+    let batched = lines.iter().filter(|l| l.ends_with("\"n\"")).count();
+    counted + entries - batched
+}
+
+/// A batch is one stream entry per channel (the Redis side of batches: one `XADD`, not
+/// one per event); resuming from an ID inside it, on a node that loads the channel from
+/// Redis, gets exactly the events after that ID, and from before it all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_one_entry_and_a_resume_from_inside_it_gets_exactly_the_rest() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let a = node(&redis);
+    let client = reqwest::Client::new();
+    let single = publish_data(&client, &a.url("/publish"), "batch", "single").await;
+    let batch: Vec<_> = (0..10)
+        .map(|i| json!({"channel": "batch", "data": format!("b{i}")}))
+        .collect();
+    let ids = batch_ids(&publish(&client, &a.url("/publish"), &json!(batch)).await);
+    assert_eq!(
+        redis
+            .cli(&["XLEN", "herald:s:batch"])
+            .map(|s| s.trim().to_string()),
+        Some("2".to_string()),
+        "one entry for the single event, one for the batch"
+    );
+    assert_eq!(events_in_stream(&redis, "batch"), 11);
+
+    // Each resume on a fresh node, so the channel is loaded from Redis (not from a ring);
+    // then a live event, which must come next: nothing more was replayed.
+    let mut history: Vec<(u64, String)> = std::iter::once(single)
+        .chain(ids.iter().copied())
+        .zip(std::iter::once("single".to_string()).chain((0..10).map(|i| format!("b{i}"))))
+        .collect();
+    for (round, from) in [ids[4], ids[9], single - 1].into_iter().enumerate() {
+        let want: Vec<(u64, String)> = history
+            .iter()
+            .filter(|(id, _)| *id > from)
+            .cloned()
+            .collect();
+        let b = node(&redis);
+        let mut resumed =
+            SseClient::resume(&b.url("/events?channel=batch"), &from.to_string()).await;
+        resumed.expect_preamble().await;
+        let replayed = id_and_data(&resumed.events(want.len(), WAIT).await);
+        assert_eq!(replayed, want, "resume from {from}");
+        let data = format!("live-{round}");
+        let live = publish_data(&client, &a.url("/publish"), "batch", &data).await;
+        let next = resumed.next_event(WAIT).await;
+        assert_eq!(
+            (next.last_event_id, next.data),
+            (live.to_string(), data.clone())
+        );
+        history.push((live, data));
+    }
+}
+
+/// With batches, trimming still counts events, not entries: after 1,500 events in
+/// batches of 5 and `history.max_events = 8`, Redis holds at least 8 of the channel's
+/// events and not many more (the marks every 2 events, one batch, and the node of
+/// entries `XTRIM ~` keeps whole), and a node loading the channel serves exactly the
+/// newest 8: a resume from just below them gets them all, one from further back a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_history_is_trimmed_by_events_not_entries() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let toml = format!("{}[history]\nmax_events = 8\n", redis.backend_toml());
+    let a = HeraldProcess::spawn(&toml, &["--demo"]);
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for round in 0..300 {
+        let batch: Vec<_> = (0..5)
+            .map(|i| json!({"channel": "kept", "data": format!("{round}.{i}")}))
+            .collect();
+        ids.extend(batch_ids(
+            &publish(&client, &a.url("/publish"), &json!(batch)).await,
+        ));
+    }
+    let held = events_in_stream(&redis, "kept");
+    assert!((8..=200).contains(&held), "Redis holds {held} events");
+
+    let b = HeraldProcess::spawn(&toml, &["--demo"]);
+    let newest = &ids[ids.len() - 8..];
+    let mut resumed = SseClient::resume(
+        &b.url("/events?channel=kept"),
+        &ids[ids.len() - 9].to_string(),
+    )
+    .await;
+    resumed.expect_preamble().await;
+    let got: Vec<u64> = id_and_data(&resumed.events(8, WAIT).await)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(got, newest);
+
+    let mut too_old = SseClient::resume(
+        &b.url("/events?channel=kept"),
+        &ids[ids.len() - 10].to_string(),
+    )
+    .await;
+    too_old.expect_preamble().await;
+    assert_eq!(too_old.next_event(WAIT).await.event_type, "reset");
+}

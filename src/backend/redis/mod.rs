@@ -267,7 +267,7 @@ impl RedisBackend {
         Ok(ids)
     }
 
-    /// A call of `script` with the five keys and the argument every script starts with.
+    /// A call of `script` with the six keys and the argument every script starts with.
     fn invocation<'a>(&'a self, script: &'a ::redis::Script) -> ::redis::ScriptInvocation<'a> {
         let keys = &self.keys;
         let mut call = script.prepare_invoke();
@@ -276,6 +276,7 @@ impl RedisBackend {
             .key(&keys.last)
             .key(&keys.removed_floor)
             .key(&keys.active)
+            .key(&keys.tally)
             .arg(self.hub.horizon());
         call
     }
@@ -354,7 +355,7 @@ impl RedisBackend {
             }
             let mut conn = self.primary.commands()?;
             let answer: Value = self.timed("load", call.invoke_async(&mut conn)).await?;
-            let answer = LoadAnswer::parse(answer, chunk.len())
+            let answer = LoadAnswer::parse(answer, chunk.len(), self.max_events() as usize)
                 .ok_or_else(|| BackendError::Unavailable("load: unexpected answer".into()))?;
             self.hub.rebase(answer.epoch);
             last_id = last_id.max(answer.last_id);
@@ -414,20 +415,14 @@ impl RedisBackend {
             });
             return Some(n);
         }
-        // One publish script's events: `<channel>\n<encoding>` each, an encoding ending
-        // with its blank line (and holding no other: every line has a field name).
+        // One publish script's events: `<channel>\n<encoding>` each.
         let payload = Bytes::copy_from_slice(payload);
         let mut rest = &payload[..];
         while !rest.is_empty() {
             let newline = memchr::memchr(b'\n', rest)?;
             let channel = std::str::from_utf8(&rest[..newline]).ok()?;
             let event = &rest[newline + 1..];
-            let len = memchr::memmem::find(event, b"\n\n")? + 2;
-            let id = event
-                .strip_prefix(b"id: ")
-                .and_then(|line| line.split(|b| *b == b'\n').next())
-                .and_then(|digits| std::str::from_utf8(digits).ok())
-                .and_then(|digits| digits.parse().ok())?;
+            let (id, len) = next_event(event)?;
             self.hub
                 .apply(channel, id, payload.slice_ref(&event[..len]));
             rest = &event[len..];
@@ -440,22 +435,27 @@ impl RedisBackend {
         let mut call = self.invocation(&self.scripts.sweep);
         call.arg(self.max_age_us())
             .arg(keys.stream(""))
-            .arg(SWEEP_LIMIT);
+            .arg(SWEEP_LIMIT)
+            .arg(keys.marks(""));
         let mut conn = self.primary.commands()?;
         self.timed("sweep", call.invoke_async(&mut conn)).await
     }
 }
 
-/// The load script's answer: `{epoch, seq, floor, {id, bytes, ...}, floor, {...}, ...}`.
+/// The load script's answer: `{epoch, seq, floor, {entry, ...}, floor, {...}, ...}`.
 struct LoadAnswer {
     epoch: u64,
     /// Redis's last assigned ID when the script ran.
     last_id: u64,
+    /// Per channel: the ID of the newest event before its history, and the history.
     channels: Vec<(u64, Vec<Retained>)>,
 }
 
 impl LoadAnswer {
-    fn parse(value: Value, channels: usize) -> Option<Self> {
+    /// The answer to a load of `channels` channels: each one's entries split into
+    /// events, the newest `max_events` of them. (The oldest entry may begin at or below
+    /// the ID loaded after: the hub skips what it has.)
+    fn parse(value: Value, channels: usize, max_events: usize) -> Option<Self> {
         let Value::Array(items) = value else {
             return None;
         };
@@ -464,21 +464,30 @@ impl LoadAnswer {
         let last_id = number(&items.next()?)?;
         let mut out = Vec::with_capacity(channels);
         for _ in 0..channels {
-            let floor = number(&items.next()?)?;
-            let flat = match items.next()? {
-                Value::Array(flat) => flat,
-                _ => return None,
+            let mut floor = number(&items.next()?)?;
+            let Value::Array(entries) = items.next()? else {
+                return None;
             };
-            let mut history = Vec::with_capacity(flat.len() / 2);
-            let mut flat = flat.into_iter();
-            while let (Some(id), Some(bytes)) = (flat.next(), flat.next()) {
-                let Value::BulkString(bytes) = bytes else {
+            let mut history = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Value::BulkString(entry) = entry else {
                     return None;
                 };
-                history.push(Retained {
-                    id: number(&id)?,
-                    bytes: Bytes::from(bytes),
-                });
+                let entry = Bytes::from(entry);
+                let mut at = 0;
+                while at < entry.len() {
+                    let (id, len) = next_event(&entry[at..])?;
+                    history.push(Retained {
+                        id,
+                        bytes: entry.slice(at..at + len),
+                    });
+                    at += len;
+                }
+            }
+            if history.len() > max_events {
+                let excess = history.len() - max_events;
+                floor = history[excess - 1].id;
+                history.drain(..excess);
             }
             out.push((floor, history));
         }
@@ -488,6 +497,19 @@ impl LoadAnswer {
             channels: out,
         })
     }
+}
+
+/// The first event of `encodings` (complete SSE encodings one after the other, each
+/// starting with its `id:` line and ending with its blank line, holding no other: every
+/// line has a field name): its ID and its length.
+fn next_event(encodings: &[u8]) -> Option<(u64, usize)> {
+    let len = memchr::memmem::find(encodings, b"\n\n")? + 2;
+    let id = encodings
+        .strip_prefix(b"id: ")
+        .and_then(|line| line.split(|b| *b == b'\n').next())
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .and_then(|digits| digits.parse().ok())?;
+    Some((id, len))
 }
 
 fn number(value: &Value) -> Option<u64> {

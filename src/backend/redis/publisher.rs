@@ -96,11 +96,11 @@ impl RedisBackend {
     ) -> Result<Vec<u64>, BackendError> {
         let keys = &self.keys;
         let mut call = self.invocation(&self.scripts.publish);
-        // Each channel's stream once, in the order the channels first appear.
-        let mut streams = HashSet::with_capacity(events.len());
+        // Each channel's stream and marks once, in the order the channels first appear.
+        let mut channels = HashSet::with_capacity(events.len());
         for (channel, _) in events {
-            if streams.insert(channel.as_str()) {
-                call.key(keys.stream(channel));
+            if channels.insert(channel.as_str()) {
+                call.key(keys.stream(channel)).key(keys.marks(channel));
             }
         }
         call.arg(self.max_events())

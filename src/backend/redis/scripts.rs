@@ -7,13 +7,23 @@
 //! Keys, all under `backend.redis.key_prefix` (`P`):
 //! - `P seq`: the last ID assigned; `P epoch`: the first ID of this data set (a Redis that
 //!   came back empty has a new one, so older IDs are known to be unknown);
-//! - `P s:<channel>`: the channel's stream, entry IDs `<event id>-0`, field `m` the
-//!   complete SSE encoding and field `p` the ID of the channel's event before it;
-//!   trimmed (approximately, whole nodes at a time: cheap) to `history.max_events` and
-//!   `history.max_age`. The `p` of the oldest event a node loads is exactly the newest
-//!   one it does not have, trimmed or outside the window: the gap floor, with no
-//!   bookkeeping of what trimming removed;
-//! - `P last`: hash, channel -> its newest ID (the `p` of its next event);
+//! - `P s:<channel>`: the channel's stream. One entry per publish call and channel: the
+//!   call's events of that channel, entry ID `<its last event's id>-0`, field `m` their
+//!   complete SSE encodings one after the other, field `p` the ID of the channel's event
+//!   before the first, and, when it holds more than one, field `n` their number. The
+//!   `p` of the oldest entry a node loads is exactly the newest event it does not have,
+//!   trimmed or outside the window: the gap floor, with no bookkeeping of what trimming
+//!   removed. A node splits an entry at its events' blank lines and drops those at or
+//!   below the ID it loads after;
+//! - `P last`: hash, channel -> its newest ID (the `p` of its next entry);
+//! - `P tally`: hash, channel -> events ever appended to its stream; `P marks:<channel>`:
+//!   list of `<tally>:<entry id>`, one for each entry that took the tally past a multiple
+//!   of `history.max_events / 4`. Trimming by count uses them: at a new mark, every entry
+//!   up to the newest mark with at least `max_events` events after it goes (`XTRIM
+//!   MINID ~`, whole nodes). A stream keeps at least `max_events` events and about a
+//!   quarter more plus one call's, however many events its entries hold (a plain
+//!   `MAXLEN` counts entries, not events). Trimming by age is `XTRIM MINID ~` at every
+//!   call;
 //! - `P active`: sorted set, channel -> newest ID, to find streams idle past `max_age`;
 //! - `P removed_floor`: newest ID of any idle stream deleted (the floor for channels
 //!   Redis no longer knows);
@@ -21,15 +31,21 @@
 //!   each as `<channel>\n<encoding>` (an encoding ends with its blank line); and
 //!   barriers `!<node>:<n>` that a node sends itself.
 //!
-//! What a publish costs Redis is mostly its commands: per event one `XADD` (the trim to
-//! `max_events` only on each channel's last event of the call: the stream only grows
-//! within a call, so that drops the same whole nodes), per channel of the call one
-//! `XTRIM` (age), and per call `TIME`, `GET`s, one `HMGET`, `HSET`, `ZADD` and `PUBLISH`
-//! for all its channels, and `SET`; the answer is the first ID only. (Storing and
-//! publishing the encoding without its `id:` line would save building one Lua string per
-//! event, a further 11 % of Redis's instructions per batched event (callgrind: 27.2k to
-//! 24.1k; 32.6k before these changes), but changes what nodes exchange: nodes of
-//! two versions could then not share a Redis during a rolling upgrade.)
+//! What a publish costs Redis is mostly Lua's string work and the commands it calls:
+//! per event its ID and its encoding with the `id:` line (two pieces a table joins into
+//! the entry and the message), per channel of the call one `XADD` and one `XTRIM`
+//! (age), and per call `TIME`, `GET`s, two `HMGET`s and `HSET`s and one `ZADD` for all
+//! its channels, `PUBLISH` and `SET`; the answer is the first ID only. One `XADD` per
+//! channel and call rather than per event took Redis's CPU per event in a call of 100
+//! from ~4.3 to ~2.9 µs (`bench/lua_cost.py`).
+//!
+//! Rolling upgrades: the pub/sub message is as before, so live events flow between
+//! nodes of both versions. A node of the version before this layout loads an entry of
+//! several events as one event (the encodings, each with its `id:` line, under the
+//! entry's ID): its clients get every event, and one that resumes from inside such an
+//! entry on that node gets the entry's earlier events again. (Storing and publishing
+//! the encoding without its `id:` line would save more, but then nodes of two versions
+//! could not share a Redis: older ones would drop newer ones' messages.)
 //!
 //! IDs are `max(last + 1, Redis TIME in microseconds, the caller's newest ID + 1)`: they
 //! never go backwards, not after a herald restart and not after Redis restarts empty, and
@@ -47,6 +63,7 @@ pub struct Keys {
     pub last: String,
     pub active: String,
     pub removed_floor: String,
+    pub tally: String,
     pub events: String,
 }
 
@@ -60,6 +77,7 @@ impl Keys {
             last: key("last"),
             active: key("active"),
             removed_floor: key("removed_floor"),
+            tally: key("tally"),
             events: key("events"),
         }
     }
@@ -67,17 +85,20 @@ impl Keys {
     pub fn stream(&self, channel: &str) -> String {
         format!("{}s:{channel}", self.prefix)
     }
+
+    pub fn marks(&self, channel: &str) -> String {
+        format!("{}marks:{channel}", self.prefix)
+    }
 }
 
-// Every script gets the same five first keys (seq, epoch, last, removed_floor, active;
-// `RedisBackend::invocation`) and the caller's newest ID as `ARGV[1]`.
+// Every script gets the same six first keys (seq, epoch, last, removed_floor, active,
+// tally; `RedisBackend::invocation`) and the caller's newest ID as `ARGV[1]`.
 
 /// Shared by every script: the time, and the epoch of this data set (created on first use).
 const PRELUDE: &str = r#"
 -- '%d' formats through a C long (64 bits here): exact for IDs, and far cheaper than
 -- '%.0f', which takes glibc's multi-precision float printing for every event.
 local function num(s) return string.format('%d', s) end
-local function sid(entry_id) return tonumber(string.match(entry_id, '^(%d+)')) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -89,37 +110,41 @@ if not epoch then
 end
 "#;
 
-/// KEYS: the common ones, then the stream of each channel of the call, once, in the
-/// order the channels first appear among the events.
+/// KEYS: the common ones, then the stream and the marks of each channel of the call,
+/// once, in the order the channels first appear among the events.
 /// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, then per event its
 /// channel and its encoding without the `id:` line.
 /// Returns {epoch, first ID}: the events have the IDs first, first + 1, ... in order.
 const PUBLISH: &str = r#"
 local call = redis.call
--- As given (a string): a Lua number would be converted back for every XADD.
-local max_events = ARGV[2]
+local max_events = tonumber(ARGV[2])
+-- A channel's entries are trimmed by count at its marks (see the module docs): one
+-- every `step` events.
+local step = math.max(1, math.ceil(max_events / 4))
 local min_id = num(now - tonumber(ARGV[3]))
 local id = math.max(last + 1, now, floor + 1)
--- Each channel's stream key, and the position in ARGV of its last event.
-local key_of, last_at, order = {}, {}, {}
+-- Each channel's stream and marks keys, and the pieces of its entry.
+local stream_of, marks_of, pieces, order = {}, {}, {}, {}
 local channels = 0
 for i = 5, #ARGV, 2 do
   local channel = ARGV[i]
-  if key_of[channel] == nil then
+  if stream_of[channel] == nil then
     channels = channels + 1
     order[channels] = channel
-    key_of[channel] = KEYS[5 + channels]
+    stream_of[channel] = KEYS[5 + 2 * channels]
+    marks_of[channel] = KEYS[6 + 2 * channels]
+    pieces[channel] = {}
   end
-  last_at[channel] = i
 end
--- Each channel's newest ID, the `p` of its next event. A channel Redis does not know
--- (new, or swept when idle) may have had events up to the removed floor: its first event
--- says so, and resumes from below get a reset.
-local newest = {}
+-- Each channel's newest ID (the `p` of its entry) and its event count. A channel Redis
+-- does not know (new, or swept when idle) may have had events up to the removed floor:
+-- its first entry says so, and resumes from below get a reset.
+local newest, count = {}, {}
 local removed
 for from = 1, channels, 1000 do
   local to = math.min(from + 999, channels)
   local prevs = call('HMGET', KEYS[3], unpack(order, from, to))
+  local counts = call('HMGET', KEYS[6], unpack(order, from, to))
   for j = from, to do
     local prev = prevs[j - from + 1]
     if not prev then
@@ -127,45 +152,75 @@ for from = 1, channels, 1000 do
       prev = removed
     end
     newest[order[j]] = prev
+    count[order[j]] = tonumber(counts[j - from + 1] or '0')
   end
 end
 local first = num(id)
 -- Pieces, joined once by the table.concat below: no copy of each event per step.
-local message = {}
+local message, newest_of = {}, {}
 local n = 0
 for i = 5, #ARGV, 2 do
   local channel = ARGV[i]
   local s = num(id)
   local encoded = 'id: ' .. s .. '\n' .. ARGV[i + 1]
-  if last_at[channel] == i then
-    -- Trimming to max_events once per channel, at its last event, drops the same whole
-    -- nodes a trim at every event would: the stream only grows within the call.
-    call('XADD', key_of[channel], 'MAXLEN', '~', max_events, s, 'm', encoded, 'p', newest[channel])
-  else
-    call('XADD', key_of[channel], s, 'm', encoded, 'p', newest[channel])
-  end
-  newest[channel] = s
+  local mine = pieces[channel]
+  mine[#mine + 1] = encoded
+  newest_of[channel] = s
   message[n + 1] = channel
   message[n + 2] = '\n'
   message[n + 3] = encoded
   n = n + 3
   id = id + 1
 end
+-- Trim by count: note this entry as a mark when it crosses a multiple of `step`, and
+-- drop every entry up to the newest mark with at least max_events events after it.
+local function trim_to_count(stream, marks, total, s)
+  call('RPUSH', marks, num(total) .. ':' .. s)
+  local list = call('LRANGE', marks, 0, -1)
+  for k = #list, 1, -1 do
+    local at, mark = string.match(list[k], '^(%d+):(%d+)$')
+    if total - tonumber(at) >= max_events then
+      call('XTRIM', stream, 'MINID', '~', num(tonumber(mark) + 1))
+      call('LTRIM', marks, k, -1)
+      return
+    end
+  end
+end
+for j = 1, channels do
+  local channel = order[j]
+  local stream, mine, s = stream_of[channel], pieces[channel], newest_of[channel]
+  local events = #mine
+  if events == 1 then
+    call('XADD', stream, s, 'm', mine[1], 'p', newest[channel])
+  else
+    call('XADD', stream, s, 'm', table.concat(mine), 'p', newest[channel], 'n', events)
+  end
+  local before = count[channel]
+  local total = before + events
+  count[channel] = total
+  if math.floor(total / step) > math.floor(before / step) then
+    trim_to_count(stream, marks_of[channel], total, s)
+  end
+  call('XTRIM', stream, 'MINID', '~', min_id)
+  newest[channel] = s
+end
 for from = 1, channels, 500 do
   local to = math.min(from + 499, channels)
-  local fields, scores = {}, {}
+  local fields, counts, scores = {}, {}, {}
   local m = 0
   for j = from, to do
     local channel = order[j]
     local s = newest[channel]
     fields[m + 1] = channel
     fields[m + 2] = s
+    counts[m + 1] = channel
+    counts[m + 2] = num(count[channel])
     scores[m + 1] = s
     scores[m + 2] = channel
     m = m + 2
-    call('XTRIM', key_of[channel], 'MINID', '~', min_id)
   end
   call('HSET', KEYS[3], unpack(fields))
+  call('HSET', KEYS[6], unpack(counts))
   call('ZADD', KEYS[5], unpack(scores))
 end
 call('PUBLISH', ARGV[4], table.concat(message))
@@ -176,20 +231,36 @@ return {epoch, first}
 /// KEYS: the common ones, then one stream per channel.
 /// ARGV: caller's newest ID, max_events, max_age_us, then per channel its name and the
 /// ID to load after (0: all that is retained).
-/// Returns {epoch, seq, then per channel: floor, {id, encoding, id, encoding, ...}}: the
-/// newest `max_events` events after that ID and younger than `max_age`, oldest first,
-/// and the ID of the newest event before them (what a resume from below it misses).
+/// Returns {epoch, seq, then per channel: floor, {entry, entry, ...}}: the newest
+/// entries after that ID and younger than `max_age`, oldest first, holding at least
+/// `max_events` events if the stream has them (the caller splits them and keeps the
+/// newest `max_events` after the ID), and the `p` of the oldest.
 const LOAD: &str = r#"
 local max_events = tonumber(ARGV[2])
 local min_id = now - tonumber(ARGV[3])
 local removed = tonumber(redis.call('GET', KEYS[4]) or '0')
 local out = {epoch, num(last)}
-for i = 1, #KEYS - 5 do
-  local key = KEYS[5 + i]
+for i = 1, #KEYS - 6 do
+  local key = KEYS[6 + i]
   local channel = ARGV[2 + 2 * i]
   local after = tonumber(ARGV[3 + 2 * i])
-  local from = num(math.max(after + 1, min_id))
-  local entries = redis.call('XREVRANGE', key, '+', from .. '-0', 'COUNT', max_events)
+  local from = num(math.max(after + 1, min_id)) .. '-0'
+  -- Newest first, until the entries hold max_events events: a page of one, then pages
+  -- sized by the last entry's events (an entry holds one or a publish call's `n`).
+  local entries, events = {}, 0
+  local top, page = '+', 1
+  while events < max_events do
+    local got = redis.call('XREVRANGE', key, top, from, 'COUNT', page)
+    for j = 1, #got do
+      entries[#entries + 1] = got[j]
+      events = events + tonumber(got[j][2][6] or '1')
+    end
+    if #got < page then
+      break
+    end
+    top = '(' .. got[#got][1]
+    page = math.ceil((max_events - events) / tonumber(got[#got][2][6] or '1'))
+  end
   local floor_id
   if #entries > 0 then
     floor_id = tonumber(entries[#entries][2][4] or '0')
@@ -198,7 +269,6 @@ for i = 1, #KEYS - 5 do
   end
   local flat = {}
   for j = #entries, 1, -1 do
-    flat[#flat + 1] = num(sid(entries[j][1]))
     flat[#flat + 1] = entries[j][2][2]
   end
   out[#out + 1] = num(floor_id)
@@ -208,7 +278,8 @@ return out
 "#;
 
 /// KEYS: the common ones.
-/// ARGV: caller's newest ID, max_age_us, stream key prefix, most streams to delete.
+/// ARGV: caller's newest ID, max_age_us, stream key prefix, most streams to delete,
+/// marks key prefix.
 /// Deletes streams whose newest event is older than max_age; returns how many.
 const SWEEP: &str = r#"
 local cutoff = num(now - tonumber(ARGV[2]))
@@ -217,8 +288,9 @@ local idle = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', '(' .. cutoff,
 local removed = tonumber(redis.call('GET', KEYS[4]) or '0')
 for i = 1, #idle, 2 do
   local channel = idle[i]
-  redis.call('DEL', ARGV[3] .. channel)
+  redis.call('DEL', ARGV[3] .. channel, ARGV[5] .. channel)
   redis.call('HDEL', KEYS[3], channel)
+  redis.call('HDEL', KEYS[6], channel)
   redis.call('ZREM', KEYS[5], channel)
   removed = math.max(removed, tonumber(idle[i + 1]))
 end
