@@ -72,7 +72,13 @@ def scripts(path):
     def const(name):
         m = re.search(r'const %s: &str = r#"(.*?)"#;' % name, text, re.S)
         return m.group(1)
-    return const("PRELUDE") + const("PUBLISH"), const("PRELUDE") + const("LOAD")
+    def maybe(name):
+        m = re.search(r'const %s: &str = r#"(.*?)"#;' % name, text, re.S)
+        return m.group(1) if m else ""
+    return {
+        "publish": const("PRELUDE") + maybe("APPEND") + const("PUBLISH"),
+        "prepared": const("PRELUDE") + maybe("APPEND") + maybe("PUBLISH_PREPARED"),
+    }
 
 def info(conn, section):
     text = conn.cmd("INFO", section).decode()
@@ -98,7 +104,7 @@ def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--scripts", default=os.path.join(here, "..", "src/backend/redis/scripts.rs"))
-    ap.add_argument("--layout", default="v3", help="v1: a stream key per event (herald before the key-per-channel change); v2: per channel; v3: per channel its stream and marks keys, and the tally key")
+    ap.add_argument("--layout", default="v3", help="v1: a stream key per event (herald before the key-per-channel change); v2: per channel; v3: per channel its stream and marks keys, and the tally key; prepared: v3's keys for PUBLISH_PREPARED, the node's own IDs")
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--calls", type=int, default=5000)
@@ -114,7 +120,8 @@ def main():
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "/usr/bin/redis-server")
     args = ap.parse_args()
 
-    publish, _ = scripts(args.scripts)
+    found = scripts(args.scripts)
+    publish = found["prepared" if args.layout == "prepared" else "publish"]
     tmp = tempfile.mkdtemp(prefix="lua_cost.")
     prefix = []
     if args.callgrind:
@@ -139,11 +146,29 @@ def main():
         server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
-def build_call(args, sha, prefix="herald:"):
+def build_call(args, sha, prefix="herald:", first=0):
     common = [prefix + k for k in ("seq", "epoch", "last", "removed_floor", "active")]
     chans = ["bench-%d" % (i % args.channels) for i in range(args.events)]
     data = "x" * max(0, args.body_bytes - 8)
     bodies = ["data: %s\n\n" % data for _ in range(args.events)]
+    if args.layout == "prepared":
+        # What the node builds: the message and each channel's entry, for IDs from first.
+        distinct = list(dict.fromkeys(chans))
+        keys = common + [prefix + "tally"]
+        for ch in distinct:
+            keys += [prefix + "s:" + ch, prefix + "marks:" + ch]
+        message, entries = [], {ch: [] for ch in distinct}
+        newest = {}
+        for k, (ch, b) in enumerate(zip(chans, bodies)):
+            encoded = "id: %d\n%s" % (first + k, b)
+            message.append("%s\n%s" % (ch, encoded))
+            entries[ch].append(encoded)
+            newest[ch] = first + k
+        argv = ["0", str(args.max_events), str(args.max_age_us), prefix + "events",
+                str(first), str(args.events), "".join(message)]
+        for ch in distinct:
+            argv += [ch, "".join(entries[ch]), str(len(entries[ch])), str(newest[ch])]
+        return enc("EVALSHA", sha, len(keys), *keys, *argv)
     if args.layout == "v1":
         keys = common + [prefix + "s:" + ch for ch in chans]
         argv = ["0", str(args.max_events), str(args.max_age_us), prefix + "events"]
@@ -185,10 +210,20 @@ def run(args, c, publish):
         except OSError:
             return
     threading.Thread(target=drain, daemon=True).start()
+    # Prepared calls propose their own IDs: each call its own, from Redis's clock on.
+    base = [0]
+    def calls(n):
+        if args.layout != "prepared":
+            return call * n
+        out = b"".join(build_call(args, sha, first=base[0] + k * args.events) for k in range(n))
+        base[0] += n * args.events
+        return out
+    if args.layout == "prepared":
+        t = c.cmd("TIME")
+        base[0] = int(t[0]) * 1000000 + int(t[1]) + 500000
     call = build_call(args, sha)
     # Warm up and check the answer.
-    first = c.cmd_raw = None
-    c.s.sendall(call)
+    c.s.sendall(calls(1))
     r = c.reply()
     assert len(r) == (args.events + 1 if args.layout == "v1" else 2), r[:3]
     results = []
@@ -203,7 +238,7 @@ def run(args, c, publish):
         while done < args.calls:
             while sent < args.calls and sent - done < args.depth:
                 n = min(args.depth - (sent - done), args.calls - sent)
-                c.s.sendall(call * n)
+                c.s.sendall(calls(n))
                 sent += n
             r = c.reply()
             done += 1

@@ -152,6 +152,7 @@ pub struct Metrics {
     pub backend_primary_changed: Gauge,
     /// Publishes answered 503 because fewer than `replica_acks` replicas had them in time.
     pub replica_ack_failures: IntCounter,
+    pub backend_publish_fallbacks: IntCounter,
 }
 
 impl Metrics {
@@ -386,6 +387,11 @@ impl Metrics {
             replica_ack_failures: counter(
                 "herald_backend_replica_ack_failures_total",
                 "Publishes refused because too few replicas acknowledged them in time.",
+            ),
+            backend_publish_fallbacks: counter(
+                "herald_backend_publish_fallbacks_total",
+                "Publish script calls whose node-proposed IDs Redis refused (another node \
+                 took IDs since, or clocks over a second apart), redone with Redis's IDs.",
             ),
             registry,
         }

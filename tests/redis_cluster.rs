@@ -386,3 +386,49 @@ async fn batched_history_is_trimmed_by_events_not_entries() {
     too_old.expect_preamble().await;
     assert_eq!(too_old.next_event(WAIT).await.event_type, "reset");
 }
+
+/// A node proposes its own IDs (Redis then only stores and sends the bytes the node
+/// built); when Redis's sequence is past what the node knows (another node took IDs in
+/// the meantime: here set by hand, ten seconds ahead), Redis refuses the proposal
+/// untouched and the node publishes through the script that assigns IDs: the event
+/// gets the next ID after Redis's, reaches its subscriber once with it, the refusal is
+/// counted, and the node's next proposal starts from there and is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_id_proposal_falls_back_to_redis_ids_and_loses_nothing() {
+    let redis = RedisServer::start(RedisOptions::default());
+    let a = node(&redis);
+    let client = reqwest::Client::new();
+    let metrics = a.admin_url("/metrics");
+    let fallbacks = || metric(&metrics, "herald_backend_publish_fallbacks_total");
+    let mut stream = SseClient::connect(&a.url("/events?channel=seq")).await;
+    stream.expect_preamble().await;
+    let before = publish_data(&client, &a.url("/publish"), "seq", "before").await;
+    assert_eq!(fallbacks().await, 0.0);
+
+    let ahead = before + 10_000_000;
+    assert!(redis
+        .cli(&["SET", "herald:seq", &ahead.to_string()])
+        .is_some());
+    let after = publish_data(&client, &a.url("/publish"), "seq", "after").await;
+    assert_eq!(after, ahead + 1);
+    assert_eq!(fallbacks().await, 1.0);
+    let next = publish_data(&client, &a.url("/publish"), "seq", "next").await;
+    assert_eq!(next, ahead + 2);
+    assert_eq!(fallbacks().await, 1.0, "the next proposal was refused too");
+
+    let got = id_and_data(&stream.events(3, WAIT).await);
+    assert_eq!(
+        got,
+        [
+            (before, "before".to_string()),
+            (after, "after".to_string()),
+            (next, "next".to_string())
+        ]
+    );
+    assert_eq!(
+        redis
+            .cli(&["GET", "herald:seq"])
+            .map(|s| s.trim().to_string()),
+        Some(next.to_string())
+    );
+}

@@ -75,6 +75,8 @@ pub struct RedisBackend {
     reached: AtomicBool,
     /// The URL with its password masked (and the master name with Sentinel), for logs.
     display_url: String,
+    /// The newest ID this node's publishes were given (for the next proposal).
+    last_published: AtomicU64,
     /// Publishes waiting for the group commit (see `publisher`).
     publish_queue: tokio::sync::mpsc::Sender<publisher::Request>,
     /// The other end, until `spawn_tasks` hands it to the publisher task.
@@ -121,6 +123,7 @@ impl RedisBackend {
             up: AtomicBool::new(false),
             reached: AtomicBool::new(false),
             display_url,
+            last_published: AtomicU64::new(0),
             publish_queue,
             publish_requests: std::sync::Mutex::new(Some(publish_requests)),
         }))

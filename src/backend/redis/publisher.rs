@@ -1,21 +1,23 @@
 //! Group commit for publishes: one script call at a time, and the requests that arrive
 //! while it is in flight travel together in the next one.
 //!
-//! Why: one script call costs Redis ~15-25 µs of fixed work (script lookup, argument
-//! conversion, the Lua call, the time and sequence keys, the per-channel HMGET, HSET,
-//! ZADD and XTRIM, the PUBLISH: ~225k instructions for a call of 4 events on one channel,
-//! against ~27k per event in a call of 100; `bench/lua_cost.py --callgrind`) and the
-//! node a command round trip, whatever the number of events in it. Publishers on many
-//! connections therefore queue here, and one call carries everything queued, up to `MAX_GROUP_EVENTS`. One call
-//! at a time lets the groups grow with the load (measured with herald and Redis on one
-//! core, 8 publishers: groups of ~4 and 28k publishes/s, against groups of ~1.4 and 20k/s
-//! with four calls in flight), and a `WAIT` for replica acks (which holds back every
-//! later command on its connection) never queues calls behind it. Each request's events stay consecutive and
-//! atomic (the script is), each caller gets its own IDs, and a failed call fails every
-//! request in it: nothing is answered 200 unless Redis took it (and, with
-//! `replica_acks`, that many replicas too).
+//! Why: one script call costs Redis ~10-25 µs of fixed work (script lookup, argument
+//! conversion, the Lua call, the time and sequence keys, the per-channel HMGETs, HSETs,
+//! ZADD and XTRIM, the PUBLISH: ~123k instructions for a call of 4 events on one channel
+//! with the node's own IDs, against ~3.5k per event in a call of 1,000;
+//! `bench/lua_cost.py --layout prepared --callgrind`) and the node a command round trip,
+//! whatever the number of events in it. Publishers on many connections therefore queue
+//! here, and one call carries everything queued, up to `MAX_GROUP_EVENTS`. One call at a
+//! time lets the groups grow with the load (measured with herald and Redis on one core,
+//! 8 publishers: groups of ~4 and 28k publishes/s, against groups of ~1.4 and 20k/s with
+//! four calls in flight), and a `WAIT` for replica acks (which holds back every later
+//! command on its connection) never queues calls behind it. Each request's events stay
+//! consecutive and atomic (the script is), each caller gets its own IDs, and a failed
+//! call fails every request in it: nothing is answered 200 unless Redis took it (and,
+//! with `replica_acks`, that many replicas too).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ::redis::{ErrorKind, ServerErrorKind};
@@ -89,34 +91,113 @@ async fn commit(backend: &RedisBackend, group: Vec<Request>) {
 }
 
 impl RedisBackend {
-    /// The publish script over `events`, in order; their IDs.
+    /// The events, in order, published in one script call; their IDs. The node proposes
+    /// the IDs and builds the stream entries and the pub/sub message itself
+    /// (`PUBLISH_PREPARED`: Redis then only moves bytes); if another node took IDs since
+    /// or the clocks disagree, Redis refuses them untouched and the events go through the
+    /// script that assigns IDs and encodes in Lua (`PUBLISH`).
     async fn run_publish_script(
         &self,
         events: &[&(String, Bytes)],
     ) -> Result<Vec<u64>, BackendError> {
-        let keys = &self.keys;
+        let mut call = self.invocation(&self.scripts.publish_prepared);
+        let first = self.propose_first();
+        let prepared = Prepared::new(events, first);
+        for (channel, _) in &prepared.channels {
+            self.add_channel_keys(&mut call, channel);
+        }
+        self.add_limits(&mut call);
+        call.arg(first).arg(events.len()).arg(&prepared.message);
+        for (channel, entry) in &prepared.channels {
+            call.arg(*channel)
+                .arg(&entry.encodings)
+                .arg(entry.events)
+                .arg(entry.last);
+        }
+        let answer = match self.invoke_publish(&call).await? {
+            // {epoch, 0, last}: refused, nothing written.
+            (answer, _) if answer.len() == 3 && answer[1] == 0 => {
+                self.metrics.backend_publish_fallbacks.inc();
+                self.note_last(answer[2]);
+                self.run_lua_publish(events).await?
+            }
+            answer => answer,
+        };
+        self.check_publish_answer(answer, events.len())
+    }
+
+    /// The publish script that assigns the IDs and encodes in Lua.
+    async fn run_lua_publish(
+        &self,
+        events: &[&(String, Bytes)],
+    ) -> Result<(Vec<u64>, Option<u64>), BackendError> {
         let mut call = self.invocation(&self.scripts.publish);
-        // Each channel's stream and marks once, in the order the channels first appear.
         let mut channels = HashSet::with_capacity(events.len());
         for (channel, _) in events {
             if channels.insert(channel.as_str()) {
-                call.key(keys.stream(channel)).key(keys.marks(channel));
+                self.add_channel_keys(&mut call, channel);
             }
         }
-        call.arg(self.max_events())
-            .arg(self.max_age_us())
-            .arg(&keys.events);
+        self.add_limits(&mut call);
         for (channel, body) in events {
             call.arg(channel).arg(body.as_ref());
         }
-        let (answer, acks) = if self.settings.replica_acks == 0 {
+        self.invoke_publish(&call).await
+    }
+
+    /// The IDs to propose for the next call: after every ID this node knows of, and
+    /// not before the clock (IDs are microseconds since the Unix epoch).
+    fn propose_first(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let known = self
+            .hub
+            .horizon()
+            .max(self.last_published.load(Ordering::Acquire));
+        now.max(known + 1)
+    }
+
+    fn note_last(&self, id: u64) {
+        self.last_published.fetch_max(id, Ordering::AcqRel);
+    }
+
+    /// Each channel's keys: its stream and its marks.
+    fn add_channel_keys(&self, call: &mut ::redis::ScriptInvocation<'_>, channel: &str) {
+        call.key(self.keys.stream(channel))
+            .key(self.keys.marks(channel));
+    }
+
+    /// The arguments both publish scripts take after the caller's newest ID.
+    fn add_limits(&self, call: &mut ::redis::ScriptInvocation<'_>) {
+        call.arg(self.max_events())
+            .arg(self.max_age_us())
+            .arg(&self.keys.events);
+    }
+
+    /// Run a publish script (with `WAIT` for replicas when `replica_acks` asks for
+    /// them): its answer, and how many replicas acknowledged.
+    async fn invoke_publish(
+        &self,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<(Vec<u64>, Option<u64>), BackendError> {
+        if self.settings.replica_acks == 0 {
             let mut conn = self.primary.commands()?;
             let answer = self.timed("publish", call.invoke_async(&mut conn)).await?;
-            (answer, None)
+            Ok((answer, None))
         } else {
-            let (answer, acks) = self.publish_and_wait(&call).await?;
-            (answer, Some(acks))
-        };
+            let (answer, acks) = self.publish_and_wait(call).await?;
+            Ok((answer, Some(acks)))
+        }
+    }
+
+    /// The IDs of `events` published events from the answer `{epoch, first ID}`, or why
+    /// they may not be answered 200.
+    fn check_publish_answer(
+        &self,
+        (answer, acks): (Vec<u64>, Option<u64>),
+        events: usize,
+    ) -> Result<Vec<u64>, BackendError> {
         // {epoch, first ID}: the events have consecutive IDs from the first.
         let [epoch, first] = answer[..] else {
             return Err(BackendError::Unavailable(
@@ -124,6 +205,7 @@ impl RedisBackend {
             ));
         };
         self.hub.rebase(epoch);
+        self.note_last(first + events as u64 - 1);
         let wanted = self.settings.replica_acks;
         match acks {
             Some(acks) if acks < u64::from(wanted) => {
@@ -140,7 +222,7 @@ impl RedisBackend {
                      (the event was published and may still appear)"
                 )))
             }
-            _ => Ok((first..).take(events.len()).collect()),
+            _ => Ok((first..).take(events).collect()),
         }
     }
 
@@ -171,5 +253,51 @@ impl RedisBackend {
         };
         self.timed_within("publish", self.settings.command_timeout + timeout, run)
             .await
+    }
+}
+
+/// What `PUBLISH_PREPARED` stores and sends for events with the IDs `first`, `first + 1`,
+/// ...: the pub/sub message (`<channel>\n<encoding>` per event, as the Lua script builds
+/// it) and per channel, in the order channels first appear, its stream entry.
+struct Prepared<'a> {
+    message: Vec<u8>,
+    channels: Vec<(&'a str, Entry)>,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The channel's encodings, each with its `id:` line.
+    encodings: Vec<u8>,
+    events: usize,
+    /// The ID of its last event.
+    last: u64,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(events: &[&'a (String, Bytes)], first: u64) -> Self {
+        let bytes: usize = events.iter().map(|(c, b)| c.len() + b.len() + 24).sum();
+        let mut message = Vec::with_capacity(bytes);
+        let mut channels: Vec<(&str, Entry)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut digits = itoa::Buffer::new();
+        for ((channel, body), id) in events.iter().zip(first..) {
+            let line = digits.format(id).as_bytes();
+            let at = *index.entry(channel.as_str()).or_insert_with(|| {
+                channels.push((channel.as_str(), Entry::default()));
+                channels.len() - 1
+            });
+            message.extend_from_slice(channel.as_bytes());
+            message.push(b'\n');
+            let start = message.len();
+            message.extend_from_slice(b"id: ");
+            message.extend_from_slice(line);
+            message.push(b'\n');
+            message.extend_from_slice(body);
+            let entry = &mut channels[at].1;
+            entry.encodings.extend_from_slice(&message[start..]);
+            entry.events += 1;
+            entry.last = id;
+        }
+        Self { message, channels }
     }
 }

@@ -31,26 +31,31 @@
 //!   each as `<channel>\n<encoding>` (an encoding ends with its blank line); and
 //!   barriers `!<node>:<n>` that a node sends itself.
 //!
-//! What a publish costs Redis is mostly Lua's string work and the commands it calls:
-//! per event its ID and its encoding with the `id:` line (two pieces a table joins into
-//! the entry and the message), per channel of the call one `XADD` and one `XTRIM`
-//! (age), and per call `TIME`, `GET`s, two `HMGET`s and `HSET`s and one `ZADD` for all
-//! its channels, `PUBLISH` and `SET`; the answer is the first ID only. One `XADD` per
-//! channel and call rather than per event took Redis's CPU per event in a call of 100
-//! from ~4.3 to ~2.9 µs (`bench/lua_cost.py`).
+//! Two scripts publish. `PUBLISH_PREPARED` takes IDs the node proposes, with the stream
+//! entries and the pub/sub message the node built for them: it checks that they continue
+//! the sequence (after `seq`, the caller's newest ID and the epoch, and within a second
+//! of Redis's clock), and stores and sends the bytes as given, or refuses and writes
+//! nothing. `PUBLISH` assigns the IDs itself and builds the same bytes in Lua; a node
+//! uses it after a refusal (another node took IDs in between: with one publishing node,
+//! never). Both go through `append` for the streams. What Redis spends is mostly Lua's
+//! string work: every string a script makes or receives is copied and hashed, so
+//! building each event's `id:` line and encoding in Lua (`PUBLISH`) costs ~4.5 times
+//! what taking them ready (`PUBLISH_PREPARED`) does, per batched event of a call of
+//! 1,000: 2.5 against 0.55 µs here (`bench/lua_cost.py --layout v3|prepared --events
+//! 1000`). One `XADD` per channel and call rather than per event is the rest of it.
 //!
 //! Rolling upgrades: the pub/sub message is as before, so live events flow between
 //! nodes of both versions. A node of the version before this layout loads an entry of
 //! several events as one event (the encodings, each with its `id:` line, under the
 //! entry's ID): its clients get every event, and one that resumes from inside such an
-//! entry on that node gets the entry's earlier events again. (Storing and publishing
-//! the encoding without its `id:` line would save more, but then nodes of two versions
-//! could not share a Redis: older ones would drop newer ones' messages.)
+//! entry on that node gets the entry's earlier events again.
 //!
-//! IDs are `max(last + 1, Redis TIME in microseconds, the caller's newest ID + 1)`: they
-//! never go backwards, not after a herald restart and not after Redis restarts empty, and
-//! they stay comparable with the memory backend's microsecond IDs. Lua numbers are
-//! doubles: exact up to 2^53 microseconds, the year 2255.
+//! IDs are `max(last + 1, Redis TIME in microseconds, the caller's newest ID + 1)` when
+//! Redis assigns them, and a node proposes `max(its newest known ID + 1, its clock)`,
+//! taken only within a second of Redis's clock: they never go backwards, not after a
+//! herald restart and not after Redis restarts empty, and they stay comparable with the
+//! memory backend's microsecond IDs. Lua numbers are doubles: exact up to 2^53
+//! microseconds, the year 2255.
 
 use redis::Script;
 
@@ -110,60 +115,98 @@ if not epoch then
 end
 "#;
 
+/// Shared by the two publish scripts: `append(order, entry_of, events_of, newest_of)`
+/// appends each channel's entry to its stream. `order[j]` is the j-th channel (its
+/// stream `KEYS[5 + 2j]`, its marks `KEYS[6 + 2j]`), `entry_of` its entry (the
+/// encodings), `events_of` the number of events in it, `newest_of` the ID of its last.
+/// ARGV[2] and ARGV[3] are max_events and max_age_us.
+const APPEND: &str = r#"
+-- Trim by count: note this entry as a mark when it takes the tally past a multiple of
+-- `step`, and drop every entry up to the newest mark with at least max_events events
+-- after it.
+local function trim_to_count(stream, marks, total, s, max_events)
+  redis.call('RPUSH', marks, num(total) .. ':' .. s)
+  local list = redis.call('LRANGE', marks, 0, -1)
+  for k = #list, 1, -1 do
+    local at, mark = string.match(list[k], '^(%d+):(%d+)$')
+    if total - tonumber(at) >= max_events then
+      redis.call('XTRIM', stream, 'MINID', '~', num(tonumber(mark) + 1))
+      redis.call('LTRIM', marks, k, -1)
+      return
+    end
+  end
+end
+local function append(order, entry_of, events_of, newest_of)
+  local call = redis.call
+  local max_events = tonumber(ARGV[2])
+  local step = math.max(1, math.ceil(max_events / 4))
+  local min_id = num(now - tonumber(ARGV[3]))
+  local removed
+  for from = 1, #order, 500 do
+    local to = math.min(from + 499, #order)
+    -- Each channel's newest ID (the `p` of its entry) and its tally. A channel Redis
+    -- does not know (new, or swept when idle) may have had events up to the removed
+    -- floor: its first entry says so, and resumes from below get a reset.
+    local prevs = call('HMGET', KEYS[3], unpack(order, from, to))
+    local tallies = call('HMGET', KEYS[6], unpack(order, from, to))
+    local newest, tally, scores = {}, {}, {}
+    local m = 0
+    for j = from, to do
+      local channel = order[j]
+      local stream = KEYS[5 + 2 * j]
+      local prev = prevs[j - from + 1]
+      if not prev then
+        removed = removed or call('GET', KEYS[4]) or '0'
+        prev = removed
+      end
+      local s, events = newest_of[channel], events_of[channel]
+      if events == 1 then
+        call('XADD', stream, s, 'm', entry_of[channel], 'p', prev)
+      else
+        call('XADD', stream, s, 'm', entry_of[channel], 'p', prev, 'n', events)
+      end
+      local before = tonumber(tallies[j - from + 1] or '0')
+      local total = before + events
+      if math.floor(total / step) > math.floor(before / step) then
+        trim_to_count(stream, KEYS[6 + 2 * j], total, s, max_events)
+      end
+      call('XTRIM', stream, 'MINID', '~', min_id)
+      newest[m + 1] = channel
+      newest[m + 2] = s
+      tally[m + 1] = channel
+      tally[m + 2] = num(total)
+      scores[m + 1] = s
+      scores[m + 2] = channel
+      m = m + 2
+    end
+    call('HSET', KEYS[3], unpack(newest))
+    call('HSET', KEYS[6], unpack(tally))
+    call('ZADD', KEYS[5], unpack(scores))
+  end
+end
+"#;
+
 /// KEYS: the common ones, then the stream and the marks of each channel of the call,
 /// once, in the order the channels first appear among the events.
 /// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, then per event its
 /// channel and its encoding without the `id:` line.
 /// Returns {epoch, first ID}: the events have the IDs first, first + 1, ... in order.
 const PUBLISH: &str = r#"
-local call = redis.call
-local max_events = tonumber(ARGV[2])
--- A channel's entries are trimmed by count at its marks (see the module docs): one
--- every `step` events.
-local step = math.max(1, math.ceil(max_events / 4))
-local min_id = num(now - tonumber(ARGV[3]))
 local id = math.max(last + 1, now, floor + 1)
--- Each channel's stream and marks keys, and the pieces of its entry.
-local stream_of, marks_of, pieces, order = {}, {}, {}, {}
-local channels = 0
-for i = 5, #ARGV, 2 do
-  local channel = ARGV[i]
-  if stream_of[channel] == nil then
-    channels = channels + 1
-    order[channels] = channel
-    stream_of[channel] = KEYS[5 + 2 * channels]
-    marks_of[channel] = KEYS[6 + 2 * channels]
-    pieces[channel] = {}
-  end
-end
--- Each channel's newest ID (the `p` of its entry) and its event count. A channel Redis
--- does not know (new, or swept when idle) may have had events up to the removed floor:
--- its first entry says so, and resumes from below get a reset.
-local newest, count = {}, {}
-local removed
-for from = 1, channels, 1000 do
-  local to = math.min(from + 999, channels)
-  local prevs = call('HMGET', KEYS[3], unpack(order, from, to))
-  local counts = call('HMGET', KEYS[6], unpack(order, from, to))
-  for j = from, to do
-    local prev = prevs[j - from + 1]
-    if not prev then
-      removed = removed or call('GET', KEYS[4]) or '0'
-      prev = removed
-    end
-    newest[order[j]] = prev
-    count[order[j]] = tonumber(counts[j - from + 1] or '0')
-  end
-end
 local first = num(id)
--- Pieces, joined once by the table.concat below: no copy of each event per step.
-local message, newest_of = {}, {}
+-- Pieces, joined once each by table.concat: no copy of each event per step.
+local order, pieces, newest_of, message = {}, {}, {}, {}
 local n = 0
 for i = 5, #ARGV, 2 do
   local channel = ARGV[i]
+  local mine = pieces[channel]
+  if mine == nil then
+    mine = {}
+    pieces[channel] = mine
+    order[#order + 1] = channel
+  end
   local s = num(id)
   local encoded = 'id: ' .. s .. '\n' .. ARGV[i + 1]
-  local mine = pieces[channel]
   mine[#mine + 1] = encoded
   newest_of[channel] = s
   message[n + 1] = channel
@@ -172,60 +215,45 @@ for i = 5, #ARGV, 2 do
   n = n + 3
   id = id + 1
 end
--- Trim by count: note this entry as a mark when it crosses a multiple of `step`, and
--- drop every entry up to the newest mark with at least max_events events after it.
-local function trim_to_count(stream, marks, total, s)
-  call('RPUSH', marks, num(total) .. ':' .. s)
-  local list = call('LRANGE', marks, 0, -1)
-  for k = #list, 1, -1 do
-    local at, mark = string.match(list[k], '^(%d+):(%d+)$')
-    if total - tonumber(at) >= max_events then
-      call('XTRIM', stream, 'MINID', '~', num(tonumber(mark) + 1))
-      call('LTRIM', marks, k, -1)
-      return
-    end
-  end
+local entry_of, events_of = {}, {}
+for j = 1, #order do
+  local mine = pieces[order[j]]
+  events_of[order[j]] = #mine
+  entry_of[order[j]] = table.concat(mine)
 end
-for j = 1, channels do
-  local channel = order[j]
-  local stream, mine, s = stream_of[channel], pieces[channel], newest_of[channel]
-  local events = #mine
-  if events == 1 then
-    call('XADD', stream, s, 'm', mine[1], 'p', newest[channel])
-  else
-    call('XADD', stream, s, 'm', table.concat(mine), 'p', newest[channel], 'n', events)
-  end
-  local before = count[channel]
-  local total = before + events
-  count[channel] = total
-  if math.floor(total / step) > math.floor(before / step) then
-    trim_to_count(stream, marks_of[channel], total, s)
-  end
-  call('XTRIM', stream, 'MINID', '~', min_id)
-  newest[channel] = s
-end
-for from = 1, channels, 500 do
-  local to = math.min(from + 499, channels)
-  local fields, counts, scores = {}, {}, {}
-  local m = 0
-  for j = from, to do
-    local channel = order[j]
-    local s = newest[channel]
-    fields[m + 1] = channel
-    fields[m + 2] = s
-    counts[m + 1] = channel
-    counts[m + 2] = num(count[channel])
-    scores[m + 1] = s
-    scores[m + 2] = channel
-    m = m + 2
-  end
-  call('HSET', KEYS[3], unpack(fields))
-  call('HSET', KEYS[6], unpack(counts))
-  call('ZADD', KEYS[5], unpack(scores))
-end
-call('PUBLISH', ARGV[4], table.concat(message))
-call('SET', KEYS[1], num(id - 1))
+append(order, entry_of, events_of, newest_of)
+redis.call('PUBLISH', ARGV[4], table.concat(message))
+redis.call('SET', KEYS[1], num(id - 1))
 return {epoch, first}
+"#;
+
+/// The node's own IDs: as `PUBLISH`, with the entries and the message built by the
+/// caller for IDs it proposes, so Redis does no work per event beyond the bytes.
+/// KEYS: as `PUBLISH`.
+/// ARGV: caller's newest ID, max_events, max_age_us, pub/sub channel, the first ID
+/// proposed, the number of events, the message, then per channel its name, its entry,
+/// the number of events in it and the ID of its last.
+/// Returns {epoch, first ID}, or {epoch, 0, last ID} when the proposal does not continue
+/// the sequence (another node took IDs since) or strays more than a second from Redis's
+/// clock: nothing was written, and the caller publishes with `PUBLISH` instead.
+const PUBLISH_PREPARED: &str = r#"
+local first = tonumber(ARGV[5])
+if first <= last or first <= floor or first < tonumber(epoch)
+    or first < now - 1000000 or first > math.max(last + 1, now) + 1000000 then
+  return {epoch, '0', num(last)}
+end
+local order, entry_of, events_of, newest_of = {}, {}, {}, {}
+for i = 8, #ARGV, 4 do
+  local channel = ARGV[i]
+  order[#order + 1] = channel
+  entry_of[channel] = ARGV[i + 1]
+  events_of[channel] = tonumber(ARGV[i + 2])
+  newest_of[channel] = ARGV[i + 3]
+end
+append(order, entry_of, events_of, newest_of)
+redis.call('PUBLISH', ARGV[4], ARGV[7])
+redis.call('SET', KEYS[1], num(first + tonumber(ARGV[6]) - 1))
+return {epoch, ARGV[5]}
 "#;
 
 /// KEYS: the common ones, then one stream per channel.
@@ -302,6 +330,7 @@ return #idle / 2
 
 pub struct Scripts {
     pub publish: Script,
+    pub publish_prepared: Script,
     pub load: Script,
     pub sweep: Script,
 }
@@ -310,7 +339,8 @@ impl Scripts {
     pub fn new() -> Self {
         let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
-            publish: with_prelude(PUBLISH),
+            publish: Script::new(&format!("{PRELUDE}{APPEND}{PUBLISH}")),
+            publish_prepared: Script::new(&format!("{PRELUDE}{APPEND}{PUBLISH_PREPARED}")),
             load: with_prelude(LOAD),
             sweep: with_prelude(SWEEP),
         }
