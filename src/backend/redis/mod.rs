@@ -506,7 +506,9 @@ impl LoadAnswer {
 /// starting with its `id:` line and ending with its blank line, holding no other: every
 /// line has a field name): its ID and its length.
 fn next_event(encodings: &[u8]) -> Option<(u64, usize)> {
-    let len = memchr::memmem::find(encodings, b"\n\n")? + 2;
+    static BLANK_LINE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+    let len = BLANK_LINE.find(encodings)? + 2;
     let id = encodings
         .strip_prefix(b"id: ")
         .and_then(|line| line.split(|b| *b == b'\n').next())

@@ -280,12 +280,16 @@ impl<'a> Prepared<'a> {
         let mut channels: Vec<(&str, Entry)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut digits = itoa::Buffer::new();
+        let mut at = 0;
         for ((channel, body), id) in events.iter().zip(first..) {
             let line = digits.format(id).as_bytes();
-            let at = *index.entry(channel.as_str()).or_insert_with(|| {
-                channels.push((channel.as_str(), Entry::default()));
-                channels.len() - 1
-            });
+            // Runs of one channel are the common case (a batch to one channel): no hash.
+            if channels.get(at).is_none_or(|(name, _)| *name != channel.as_str()) {
+                at = *index.entry(channel.as_str()).or_insert_with(|| {
+                    channels.push((channel.as_str(), Entry::default()));
+                    channels.len() - 1
+                });
+            }
             message.extend_from_slice(channel.as_bytes());
             message.push(b'\n');
             let start = message.len();
