@@ -216,10 +216,10 @@ async fn concurrent_publishers_on_both_nodes_reach_hopping_subscribers_once_in_o
     }
 }
 
-/// One batch over 1,000 channels (the script reads and writes the channels' newest IDs in
-/// chunks of 1,000 and 500): every event on its own channel with consecutive IDs, streams
-/// on channels in different chunks get theirs, and a later event's resume on another node
-/// chains onto the batch's (no reset, nothing missing).
+/// One batch over 1,000 channels (the script reads and writes the channels' newest IDs
+/// and tallies in chunks of 500): every event on its own channel with consecutive IDs,
+/// streams on channels in different chunks get theirs, and a later event's resume on
+/// another node chains onto the batch's (no reset, nothing missing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_a_thousand_channels_is_one_atomic_step() {
     let redis = RedisServer::start(RedisOptions::default());

@@ -284,7 +284,10 @@ impl<'a> Prepared<'a> {
         for ((channel, body), id) in events.iter().zip(first..) {
             let line = digits.format(id).as_bytes();
             // Runs of one channel are the common case (a batch to one channel): no hash.
-            if channels.get(at).is_none_or(|(name, _)| *name != channel.as_str()) {
+            if channels
+                .get(at)
+                .is_none_or(|(name, _)| *name != channel.as_str())
+            {
                 at = *index.entry(channel.as_str()).or_insert_with(|| {
                     channels.push((channel.as_str(), Entry::default()));
                     channels.len() - 1

@@ -13,8 +13,8 @@
 //!   before the first, and, when it holds more than one, field `n` their number. The
 //!   `p` of the oldest entry a node loads is exactly the newest event it does not have,
 //!   trimmed or outside the window: the gap floor, with no bookkeeping of what trimming
-//!   removed. A node splits an entry at its events' blank lines and drops those at or
-//!   below the ID it loads after;
+//!   removed. A node splits an entry at its events' blank lines (the oldest entry may
+//!   begin at or below the ID it loads after: the hub skips what it has);
 //! - `P last`: hash, channel -> its newest ID (the `p` of its next entry);
 //! - `P tally`: hash, channel -> events ever appended to its stream; `P marks:<channel>`:
 //!   list of `<tally>:<entry id>`, one for each entry that took the tally past a multiple
