@@ -22,7 +22,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::stream::SseStream;
+use super::stream::{Chunks, SseStream};
 use super::AppState;
 
 /// Serve one subscription on `io` and close the connection when it ends.
@@ -320,9 +320,10 @@ enum Gathered {
 fn gather(stream: &mut SseStream, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Gathered {
     loop {
         match stream.poll_chunks(cx, out) {
-            Poll::Ready(true) if out.len() < 256 => continue,
-            Poll::Ready(true) => return Gathered::Capped,
-            Poll::Ready(false) => return Gathered::Ended,
+            Poll::Ready(Chunks::CaughtUp) => return Gathered::Drained,
+            Poll::Ready(Chunks::More) if out.len() < 256 => continue,
+            Poll::Ready(Chunks::More) => return Gathered::Capped,
+            Poll::Ready(Chunks::End) => return Gathered::Ended,
             Poll::Pending if out.is_empty() => return Gathered::Nothing,
             Poll::Pending => return Gathered::Drained,
         }

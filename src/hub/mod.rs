@@ -24,7 +24,7 @@ mod mirror;
 mod subscription;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -132,6 +132,9 @@ pub struct Hub {
     closing: AtomicBool,
     /// The live part of the settings, replaced whole by a reload (`reconfigure`).
     settings: arc_swap::ArcSwap<HubSettings>,
+    /// Reloads so far: a stream that saw this count has its timers set for the settings
+    /// in force (see `SseStream`'s quiet window).
+    reloads: AtomicU32,
     /// Mirror role (Redis backend): fixed for the process's life.
     mirror: bool,
     metrics: Arc<Metrics>,
@@ -161,6 +164,7 @@ impl Hub {
             closing: AtomicBool::new(false),
             mirror: settings.mirror,
             settings: arc_swap::ArcSwap::from_pointee(settings),
+            reloads: AtomicU32::new(0),
             metrics,
             flush_queue: Mutex::new(VecDeque::new()),
             flush_ready: tokio::sync::Notify::new(),
@@ -174,6 +178,8 @@ impl Hub {
     /// streams pick up new stream settings at once.
     pub fn reconfigure(&self, settings: HubSettings) {
         self.settings.store(Arc::new(settings));
+        // Before the wakes: a stream woken by them sees the new count.
+        self.reloads.fetch_add(1, Ordering::AcqRel);
         let channels: Vec<_> = self.lock_map().values().cloned().collect();
         for ch in channels {
             let waiters = ch.lock().take_waiters();
@@ -440,6 +446,11 @@ impl Hub {
                 w.wake();
             }
         }
+    }
+
+    /// How many reloads reached the hub (wrapping).
+    pub fn reloads(&self) -> u32 {
+        self.reloads.load(Ordering::Acquire)
     }
 
     pub fn is_closing(&self) -> bool {

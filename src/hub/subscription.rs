@@ -12,8 +12,12 @@ use super::Hub;
 /// What a poll of a subscription produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Poll {
-    /// This many events were appended to the output buffer.
+    /// This many events were appended to the output buffer; more may be ready.
     Events(usize),
+    /// This many events were appended, and they were all there was: the task is already
+    /// registered for the next publish, so polling again would only find nothing (the
+    /// common case of a delivery, told apart to spare that second poll).
+    CaughtUp(usize),
     /// Nothing new; the task is woken on the next publish to one of the channels.
     Pending,
     /// The subscriber fell further behind than the queue allows (or its events left
@@ -130,7 +134,8 @@ impl Subscription {
         };
         match result {
             Poll::Events(n) => Poll::Events(n + produced),
-            Poll::Pending if produced > 0 => Poll::Events(produced),
+            Poll::CaughtUp(n) => Poll::CaughtUp(n + produced),
+            Poll::Pending if produced > 0 => Poll::CaughtUp(produced),
             other => other,
         }
     }
@@ -150,6 +155,7 @@ fn poll_single(
     let mut n = 0;
     let mut bytes = 0;
     let mut first_live = None;
+    let mut caught_up = false;
     while n < MAX_BATCH_EVENTS && bytes < MAX_BATCH_BYTES {
         match g.get(c.pos) {
             Some(e) => {
@@ -161,7 +167,10 @@ fn poll_single(
                 c.pos += 1;
                 n += 1;
             }
-            None => break,
+            None => {
+                caught_up = true;
+                break;
+            }
         }
     }
     if n == 0 {
@@ -169,6 +178,11 @@ fn poll_single(
         return Poll::Pending;
     }
     *oldest_live_us = first_live;
+    if caught_up {
+        // Under the same lock as the read: no publish can slip in between.
+        g.park(&mut c.parked, cx.waker());
+        return Poll::CaughtUp(n);
+    }
     Poll::Events(n)
 }
 
