@@ -103,6 +103,9 @@ pub struct Metrics {
     pub events_published: IntCounter,
     /// Event copies written to subscribers (one event to 100 subscribers counts 100).
     pub events_delivered: IntCounter,
+    /// Of those, written by a publish's pass straight to a caught-up stream's socket,
+    /// without waking the stream's task (`hub::fanout`).
+    pub events_delivered_direct: IntCounter,
     /// Bytes of SSE written to subscribers (events, heartbeats, resets).
     pub stream_bytes: IntCounter,
     /// From an event reaching the node's hub to its bytes being handed to a subscriber's
@@ -270,6 +273,10 @@ impl Metrics {
             events_delivered: counter(
                 "herald_events_delivered_total",
                 "Event copies written to subscribers.",
+            ),
+            events_delivered_direct: counter(
+                "herald_events_delivered_direct_total",
+                "Event copies written by a publish straight to a caught-up stream, without waking its task.",
             ),
             stream_bytes: counter(
                 "herald_stream_bytes_total",

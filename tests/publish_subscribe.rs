@@ -381,3 +381,46 @@ async fn stream_on_a_reused_connection() {
     drop(sock);
     server.stop().await;
 }
+
+/// A stream that has read everything gets the next events from the publish's own pass,
+/// written straight to its socket while its task sleeps: every event, in order, once,
+/// counted as delivered and as direct. A stream on two channels goes through its task,
+/// and gets the same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caught_up_streams_are_written_by_the_publish_itself() {
+    let server = TestServer::start(quick_config()).await;
+    let client = reqwest::Client::new();
+    let mut direct = Vec::new();
+    for _ in 0..20 {
+        let mut s = SseClient::connect(&server.url("/events?channel=pass")).await;
+        s.expect_preamble().await;
+        direct.push(s);
+    }
+    let mut merged = SseClient::connect(&server.url("/events?channel=pass&channel=other")).await;
+    merged.expect_preamble().await;
+    for i in 0..10 {
+        let id = publish_data(&client, &server.url("/publish"), "pass", &i.to_string()).await;
+        // Each event is read before the next is published, so every stream is caught up
+        // when it comes.
+        for s in direct.iter_mut().chain([&mut merged]) {
+            let e = s.next_event(WAIT).await;
+            assert_eq!((e.data, e.last_event_id), (i.to_string(), id.to_string()));
+        }
+    }
+    let metrics = server.admin_url("/metrics");
+    let delivered = metric(&metrics, "herald_events_delivered_total").await;
+    let written_direct = metric(&metrics, "herald_events_delivered_direct_total").await;
+    assert_eq!(delivered, 210.0, "21 streams, 10 events each");
+    // A stream goes direct once its preamble is written; the client may see the
+    // preamble and publish the first event just before that: at most one event each.
+    assert!(
+        (180.0..=200.0).contains(&written_direct),
+        "{written_direct} of the single-channel streams' 200 events written directly"
+    );
+    // Nothing twice: the next event after the ten is the one published next.
+    publish_data(&client, &server.url("/publish"), "pass", "last").await;
+    for s in direct.iter_mut().chain([&mut merged]) {
+        assert_eq!(s.next_event(WAIT).await.data, "last");
+    }
+    server.stop().await;
+}

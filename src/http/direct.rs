@@ -10,20 +10,21 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Request, Version};
 use http_body_util::{Either, Full};
+use tokio::io::AsyncWriteExt;
 use tokio::io::Interest;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::stream::{Chunks, SseStream};
 use super::AppState;
+use crate::hub;
 
 /// Serve one subscription on `io` and close the connection when it ends.
 pub async fn serve_subscription(
@@ -52,14 +53,18 @@ pub async fn open_subscription(
     drop(req);
     match Answer::new(resp, chunked) {
         Answer::Stream { head, stream } => Some(Pump {
-            io,
+            sink: Arc::new(Sink {
+                state: Mutex::default(),
+                io,
+                chunked,
+            }),
             stream,
             head: Some(head),
             backlog: None,
             stall: None,
             write_timeout,
             timeouts,
-            chunked,
+            direct: false,
             finished: false,
         }),
         Answer::Complete { mut head, body } => {
@@ -210,7 +215,7 @@ pub fn write_head(
 /// future rather than an `async fn`: this state lives as long as the stream (hours), and
 /// an `async` state machine would reserve room for every await point's locals at once.
 pub struct Pump {
-    io: TcpStream,
+    sink: Arc<Sink>,
     stream: SseStream,
     /// The response head, sent with the first chunks.
     head: Option<Bytes>,
@@ -220,7 +225,9 @@ pub struct Pump {
     stall: Option<Pin<Box<Sleep>>>,
     write_timeout: Duration,
     timeouts: prometheus::IntCounter,
-    chunked: bool,
+    /// The stream was offered to pushes for direct writes (see [`Sink`]) when the task
+    /// last went to sleep: take it back before anything else.
+    direct: bool,
     /// The final chunk is written (or in `backlog`): done once the backlog drains.
     finished: bool,
 }
@@ -230,20 +237,20 @@ impl Future for Pump {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.direct {
+            this.take_back();
+        }
         loop {
             if let Some(rest) = this.backlog.as_mut() {
-                match Pin::new(&mut this.io).poll_write(cx, rest) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        rest.advance(n);
+                match write_some(&this.sink.io, cx, rest) {
+                    Poll::Ready(Ok(())) => {
+                        this.stall = None;
                         if rest.is_empty() {
                             this.backlog = None;
-                            this.stall = None;
-                        } else {
-                            this.stall = None;
                         }
                         continue;
                     }
-                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => {
                         let timeout = this.write_timeout;
                         let stall = this
@@ -258,18 +265,18 @@ impl Future for Pump {
                     }
                 }
             }
-            if this.finished || client_gone(&this.io, cx) {
+            if this.finished || client_gone(&this.sink.io, cx) {
                 return Poll::Ready(());
             }
             let mut chunks = Vec::new();
             let gathered = gather(&mut this.stream, cx, &mut chunks);
             let more = match gathered {
-                Gathered::Nothing => return Poll::Pending,
+                Gathered::Nothing => return this.sleep(cx),
                 Gathered::Drained | Gathered::Capped => true,
                 Gathered::Ended => false,
             };
-            let wire = Wire::new(this.head.take(), &chunks, this.chunked, !more);
-            match wire.send(&this.io) {
+            let wire = Wire::new(this.head.take(), &chunks, this.sink.chunked, !more);
+            match wire.send(&this.sink.io) {
                 Ok(None) => {}
                 Ok(Some(rest)) => this.backlog = Some(rest),
                 Err(_) => return Poll::Ready(()),
@@ -279,8 +286,155 @@ impl Future for Pump {
             // for the next event, timer and hang-up alike: a new round now would only
             // find nothing again (the common case for every delivery).
             if gathered == Gathered::Drained && this.backlog.is_none() {
-                return Poll::Pending;
+                return this.sleep(cx);
             }
+        }
+    }
+}
+
+impl Pump {
+    /// Go to sleep with nothing unsent: offer the stream to pushes for direct writes.
+    fn sleep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.head.is_none() && self.backlog.is_none() && !self.finished {
+            self.direct = self.stream.go_direct(&self.sink, cx.waker());
+        }
+        Poll::Pending
+    }
+
+    /// Back from direct writes: where they left the stream, and what they left unsent.
+    fn take_back(&mut self) {
+        self.direct = false;
+        let mut s = self.sink.lock();
+        s.direct = false;
+        let (pos, last_write) = (s.pos, s.last_write.take());
+        self.backlog = s.backlog.take();
+        drop(s);
+        self.stream.resume(pos, last_write);
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // A pass that still holds the sink must not write to a stream that is over.
+        let mut s = self.sink.lock();
+        s.direct = false;
+        s.waker = None;
+    }
+}
+
+/// Write what the socket takes of `rest`, advancing it.
+fn write_some(io: &TcpStream, cx: &mut Context<'_>, rest: &mut Bytes) -> Poll<io::Result<()>> {
+    loop {
+        match io.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => match io.try_write(rest) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    rest.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// A stream's socket, shared with its channel so that a push can write the stream's next
+/// events itself while the task sleeps (`hub::fanout`). The task and the pushes take
+/// turns under its lock: a push writes only in direct mode, which the task enters when
+/// it goes to sleep with nothing unsent and leaves first thing when it wakes.
+pub struct Sink {
+    state: Mutex<SinkState>,
+    io: TcpStream,
+    chunked: bool,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Pushes may write; the task sleeps until it is handed back.
+    direct: bool,
+    /// Ring position of the next event to write.
+    pos: u64,
+    /// When the last direct write went out.
+    last_write: Option<Instant>,
+    /// What the kernel did not take of a direct write, for the task.
+    backlog: Option<Bytes>,
+    /// The task, woken when the stream is handed back.
+    waker: Option<Waker>,
+}
+
+impl Sink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        // Every edit is a few plain stores: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leave direct mode and wake the task, which takes over from here.
+    fn hand_back(mut s: std::sync::MutexGuard<'_, SinkState>) {
+        s.direct = false;
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl hub::Sink for Sink {
+    fn enter(&self, pos: u64, waker: &Waker) {
+        let mut s = self.lock();
+        s.direct = true;
+        s.pos = pos;
+        match &mut s.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn offer(&self, tail: &hub::Tail) -> Option<hub::Written> {
+        let mut s = self.lock();
+        if !s.direct {
+            return None;
+        }
+        let Some((first, events)) = tail.from(s.pos) else {
+            Self::hand_back(s);
+            return None;
+        };
+        if events.is_empty() {
+            return None;
+        }
+        let bytes: usize = events.iter().map(Bytes::len).sum();
+        if bytes > tail.max_bytes {
+            Self::hand_back(s);
+            return None;
+        }
+        let Ok(rest) = Wire::new(None, events, self.chunked, false).send(&self.io) else {
+            // The task finds the error itself and ends the stream.
+            Self::hand_back(s);
+            return None;
+        };
+        let at = Instant::now();
+        s.pos += events.len() as u64;
+        s.last_write = Some(at);
+        let written = hub::Written {
+            first,
+            events: events.len(),
+            bytes,
+            at: at.into_std(),
+        };
+        if let Some(rest) = rest {
+            s.backlog = Some(rest);
+            Self::hand_back(s);
+        }
+        Some(written)
+    }
+
+    fn recall(&self) {
+        let s = self.lock();
+        if s.direct {
+            Self::hand_back(s);
         }
     }
 }

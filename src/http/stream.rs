@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +14,7 @@ use http_body::{Body, Frame};
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
 
-use crate::hub::{Hub, Subscription, SubscriptionPoll};
+use crate::hub::{Hub, Sink, Subscription, SubscriptionPoll};
 use crate::limits::StreamPermit;
 use crate::settings::LiveSettings;
 
@@ -130,6 +130,21 @@ impl SseStream {
         };
         let retry = base + rand::rng().random_range(0..=spread);
         Bytes::from(format!("retry: {retry}\n\n"))
+    }
+
+    /// Let pushes write the next events straight to `sink` (`hub::fanout`) while this
+    /// stream is caught up; true when it does. `waker` is woken when it hands back.
+    pub fn go_direct<S: Sink + 'static>(&mut self, sink: &Arc<S>, waker: &Waker) -> bool {
+        !self.done && self.preamble.is_none() && self.subscription.go_direct(sink, waker)
+    }
+
+    /// Back from direct writes: they took the subscription to ring position `pos`, the
+    /// last of them went out at `last_write` (the heartbeat counts from it).
+    pub fn resume(&mut self, pos: u64, last_write: Option<Instant>) {
+        self.subscription.resume_at(pos);
+        if let Some(at) = last_write {
+            self.last_write = self.last_write.max(at);
+        }
     }
 
     /// Append what is ready to go on the wire to `out` (shared buffers, never copies).

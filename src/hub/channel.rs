@@ -7,6 +7,9 @@ use std::task::Waker;
 use bytes::Bytes;
 use slab::Slab;
 
+use super::fanout::{Pass, Sink, Tail, MAX_DIRECT_BYTES, TAIL_EVENTS};
+use super::HubSettings;
+
 /// An encoded event in a channel ring.
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
@@ -43,6 +46,18 @@ impl Channel {
         // Every edit of the state is a single step, so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Wake every subscriber, directly written ones included, so that each looks at the
+    /// hub again (a shutdown, a reload).
+    pub fn wake_all(&self) {
+        let mut g = self.lock();
+        g.recall_sinks();
+        let wakers = g.take_waiters();
+        drop(g);
+        for w in wakers {
+            w.wake();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,6 +73,11 @@ pub(super) struct ChannelState {
     pub subscribers: usize,
     /// Subscribers parked until the next push, keyed by slab index.
     waiters: Slab<Waker>,
+    /// Sockets of streams that may be written directly by a push (see `fanout`): listed
+    /// once per stream, for its life.
+    sinks: Slab<Arc<dyn Sink>>,
+    /// `sinks` as a pass takes them, rebuilt at the first push after a change.
+    sinks_snapshot: Option<Arc<[Arc<dyn Sink>]>>,
     /// Bumped each time `waiters` is emptied, so a subscriber knows whether its slab key
     /// still refers to its own registration.
     pub wake_gen: u64,
@@ -198,6 +218,55 @@ impl ChannelState {
             if generation == self.wake_gen && self.waiters.contains(key) {
                 self.waiters.remove(key);
             }
+        }
+    }
+
+    /// List a stream's sink; the key is for [`ChannelState::remove_sink`].
+    pub fn add_sink(&mut self, sink: Arc<dyn Sink>) -> usize {
+        self.sinks_snapshot = None;
+        self.sinks.insert(sink)
+    }
+
+    pub fn remove_sink(&mut self, key: usize) {
+        if self.sinks.try_remove(key).is_some() {
+            // Dropped now rather than at the next push: its clones keep sockets open.
+            self.sinks_snapshot = None;
+        }
+    }
+
+    /// The direct writes a push owes: the newest events, for every listed sink. The
+    /// tail holds no more than a subscriber may have unread (`subscriber_queue_events`,
+    /// and `subscriber_queue_bytes` in one write), so a stream behind more than that is
+    /// handed back to its task, which ends it as lagged as it would without the pass.
+    pub fn pass(&mut self, settings: &HubSettings) -> Option<Pass> {
+        if self.sinks.is_empty() {
+            return None;
+        }
+        let sinks = self
+            .sinks_snapshot
+            .get_or_insert_with(|| self.sinks.iter().map(|(_, s)| s.clone()).collect())
+            .clone();
+        let skip = self
+            .ring
+            .len()
+            .saturating_sub(TAIL_EVENTS.min(settings.subscriber_queue_events));
+        let newest = self.ring.iter().skip(skip);
+        let tail = Tail {
+            first_pos: self.start_pos + skip as u64,
+            events: newest.clone().map(|e| e.bytes.clone()).collect(),
+            at_us: newest.map(|e| e.at_us).collect(),
+            max_bytes: settings.subscriber_queue_bytes.min(MAX_DIRECT_BYTES),
+        };
+        Some(Pass {
+            tail: Arc::new(tail),
+            sinks,
+        })
+    }
+
+    /// Hand every directly written stream back to its task, woken.
+    pub fn recall_sinks(&self) {
+        for (_, sink) in &self.sinks {
+            sink.recall();
         }
     }
 

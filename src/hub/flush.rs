@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::channel::{Channel, ChannelState};
+use super::fanout::Wakes;
 use super::Hub;
 
 impl Hub {
@@ -17,9 +18,10 @@ impl Hub {
         g: &mut ChannelState,
         ch: &Arc<Channel>,
         now: Instant,
-        wakers: &mut Vec<std::task::Waker>,
+        wakes: &mut Wakes,
     ) {
-        let window = self.settings.load().coalesce_window;
+        let settings = self.settings.load();
+        let window = settings.coalesce_window;
         match g.last_wake {
             Some(last) if !window.is_zero() && now < last + window => {
                 if !g.flush_queued {
@@ -32,7 +34,8 @@ impl Hub {
             }
             _ => {
                 g.last_wake = Some(now);
-                wakers.extend(g.take_waiters());
+                wakes.wakers.extend(g.take_waiters());
+                wakes.passes.extend(g.pass(&settings));
             }
         }
     }
@@ -69,17 +72,17 @@ impl Hub {
                 }
                 ready
             };
+            let mut wakes = Wakes::default();
+            let settings = self.settings.load();
             for ch in due {
-                let wakers = {
-                    let mut g = ch.lock();
-                    g.flush_queued = false;
-                    g.last_wake = Some(now);
-                    g.take_waiters()
-                };
-                for w in wakers {
-                    w.wake();
-                }
+                let mut g = ch.lock();
+                g.flush_queued = false;
+                g.last_wake = Some(now);
+                wakes.wakers.extend(g.take_waiters());
+                wakes.passes.extend(g.pass(&settings));
             }
+            drop(settings);
+            self.run(wakes);
         }
     }
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::channel::{Channel, ChannelState, Stored};
+use super::fanout::Wakes;
 use super::{Hub, HubError};
 
 /// An event as the backend holds it: its ID and its complete SSE encoding.
@@ -244,7 +245,7 @@ impl Hub {
             channels.iter().map(|c| c.lock()).collect();
         let capacity = self.settings.load().ring_capacity();
         let wake_at = tokio::time::Instant::now();
-        let mut wakers = Vec::new();
+        let mut wakes = Wakes::default();
         let mut resynced = 0;
         for ((staged, g), ch) in ready.iter_mut().zip(guards.iter_mut()).zip(&channels) {
             let Some(loading) = g.loading.take() else {
@@ -278,15 +279,13 @@ impl Hub {
                     capacity,
                 );
             }
-            self.wake_or_defer(g, ch, wake_at, &mut wakers);
+            self.wake_or_defer(g, ch, wake_at, &mut wakes);
         }
         // Under the locks: a merged subscriber sees the catch-up and the horizon that
         // passes it together.
         self.raise_horizon(barrier, resynced);
         drop(guards);
-        for w in wakers {
-            w.wake();
-        }
+        self.run(wakes);
         self.follow_changed.notify_waiters();
     }
 
@@ -313,7 +312,7 @@ impl Hub {
     /// The reader's hand-over of one event, in ID order across all channels.
     pub fn apply(&self, channel: &str, id: u64, bytes: Bytes) {
         let ch = self.lock_map().get(channel).cloned();
-        let mut wakers = Vec::new();
+        let mut wakes = Wakes::default();
         if let Some(ch) = ch {
             let mut g = ch.lock();
             let capacity = self.settings.load().ring_capacity();
@@ -335,20 +334,18 @@ impl Hub {
                     },
                     capacity,
                 );
-                self.wake_or_defer(&mut g, &ch, tokio::time::Instant::now(), &mut wakers);
+                self.wake_or_defer(&mut g, &ch, tokio::time::Instant::now(), &mut wakes);
             } else {
                 // Already loaded with the history: a merged subscriber may be parked on
                 // it as beyond the horizon, which moves now.
-                wakers.extend(g.take_waiters());
+                wakes.wakers.extend(g.take_waiters());
             }
             // Under the channel lock, so a poll that sees the event sees the horizon too.
             self.seq.fetch_max(id, Ordering::AcqRel);
         } else {
             self.seq.fetch_max(id, Ordering::AcqRel);
         }
-        for w in wakers {
-            w.wake();
-        }
+        self.run(wakes);
     }
 
     /// The backend's data set began at `epoch` (its first ID): IDs below it are unknown

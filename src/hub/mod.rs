@@ -19,6 +19,7 @@
 //! with an ID at or below it that belongs to a channel subscribers read is in its ring.
 
 mod channel;
+mod fanout;
 mod flush;
 mod mirror;
 mod subscription;
@@ -33,6 +34,8 @@ use bytes::Bytes;
 use crate::metrics::Metrics;
 use crate::sse;
 use channel::{Channel, ChannelState, Stored};
+use fanout::Wakes;
+pub use fanout::{Sink, Tail, Written};
 pub use mirror::{FollowPlan, FollowStatus, Retained};
 pub use subscription::{Poll as SubscriptionPoll, Subscription};
 
@@ -148,6 +151,12 @@ pub struct Hub {
     follow_changed: tokio::sync::Notify,
 }
 
+/// Seconds from `at_us` (µs since `epoch`) to `now`.
+fn seconds_since(epoch: Instant, at_us: u64, now: Instant) -> f64 {
+    let now_us = now.saturating_duration_since(epoch).as_micros() as u64;
+    now_us.saturating_sub(at_us) as f64 / 1e6
+}
+
 impl Hub {
     pub fn new(settings: HubSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         let now_micros = SystemTime::now()
@@ -182,10 +191,7 @@ impl Hub {
         self.reloads.fetch_add(1, Ordering::AcqRel);
         let channels: Vec<_> = self.lock_map().values().cloned().collect();
         for ch in channels {
-            let waiters = ch.lock().take_waiters();
-            for w in waiters {
-                w.wake();
-            }
+            ch.wake_all();
         }
     }
 
@@ -195,8 +201,12 @@ impl Hub {
 
     /// Seconds from `at_us` (µs since the hub's epoch, as events are stamped) to `now`.
     pub fn seconds_since(&self, at_us: u64, now: Instant) -> f64 {
-        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
-        now_us.saturating_sub(at_us) as f64 / 1e6
+        seconds_since(self.epoch, at_us, now)
+    }
+
+    /// Do what pushes owe subscribers, once the channel locks are released.
+    fn run(&self, wakes: Wakes) {
+        wakes.run(&self.metrics, self.epoch);
     }
 
     fn now_us(&self) -> u64 {
@@ -276,16 +286,14 @@ impl Hub {
                 );
                 published.push(id);
             }
-            let mut wakers = Vec::new();
+            let mut wakes = Wakes::default();
             let wake_at = tokio::time::Instant::now();
             for (g, ch) in guards.iter_mut().zip(&touched) {
-                self.wake_or_defer(g, ch, wake_at, &mut wakers);
+                self.wake_or_defer(g, ch, wake_at, &mut wakes);
             }
             drop(guards);
             self.metrics.events_published.inc_by(batch.len() as u64);
-            for w in wakers {
-                w.wake();
-            }
+            self.run(wakes);
             return Ok(published);
         }
     }
@@ -441,10 +449,7 @@ impl Hub {
         self.closing.store(true, Ordering::SeqCst);
         let channels: Vec<_> = self.lock_map().values().cloned().collect();
         for ch in channels {
-            let wakers = ch.lock().take_waiters();
-            for w in wakers {
-                w.wake();
-            }
+            ch.wake_all();
         }
     }
 

@@ -2,11 +2,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 
 use super::channel::{Channel, ChannelState};
+use super::fanout::Sink;
 use super::Hub;
 
 /// What a poll of a subscription produced.
@@ -36,6 +37,8 @@ struct Cursor {
     live_from: u64,
     /// Current waker registration in the channel, see `ChannelState::park`.
     parked: Option<(u64, usize)>,
+    /// The stream's sink in the channel's list, once it offered one.
+    sink: Option<usize>,
 }
 
 pub struct Subscription {
@@ -88,6 +91,7 @@ impl Subscription {
                 pos,
                 live_from,
                 parked: None,
+                sink: None,
             })
             .collect();
         Self {
@@ -137,6 +141,35 @@ impl Subscription {
             Poll::CaughtUp(n) => Poll::CaughtUp(n + produced),
             Poll::Pending if produced > 0 => Poll::CaughtUp(produced),
             other => other,
+        }
+    }
+}
+
+impl Subscription {
+    /// Let pushes write this subscriber's next events straight to `sink` (see
+    /// `fanout`) instead of waking its task, when it reads one channel and has read
+    /// everything there is. False (and nothing changed) otherwise.
+    pub fn go_direct<S: Sink + 'static>(&mut self, sink: &Arc<S>, waker: &Waker) -> bool {
+        let [c] = self.cursors.as_mut_slice() else {
+            return false;
+        };
+        let mut g = c.channel.lock();
+        // Under the channel lock: a shutdown's recall (`Hub::close`) comes after this.
+        if c.pos != g.end_pos() || g.is_loading() || self.hub.is_closing() {
+            return false;
+        }
+        g.unpark(c.parked.take());
+        if c.sink.is_none() {
+            c.sink = Some(g.add_sink(sink.clone()));
+        }
+        sink.enter(c.pos, waker);
+        true
+    }
+
+    /// Back from direct writes that took the subscriber to ring position `pos`.
+    pub fn resume_at(&mut self, pos: u64) {
+        if let [c] = self.cursors.as_mut_slice() {
+            c.pos = c.pos.max(pos);
         }
     }
 }
@@ -272,6 +305,9 @@ impl Drop for Subscription {
             let mut g = c.channel.lock();
             g.subscribers -= 1;
             g.unpark(c.parked);
+            if let Some(key) = c.sink {
+                g.remove_sink(key);
+            }
         }
     }
 }
