@@ -76,8 +76,10 @@ pub(super) struct ChannelState {
     /// Sockets of streams that may be written directly by a push (see `fanout`): listed
     /// once per stream, for its life.
     sinks: Slab<Arc<dyn Sink>>,
-    /// `sinks` as a pass takes them, rebuilt at the first push after a change.
+    /// `sinks` as a pass takes them, rebuilt at the first pass after a change.
     sinks_snapshot: Option<Arc<[Arc<dyn Sink>]>>,
+    /// A pass of this channel is queued and has not taken the sinks yet.
+    pass_queued: bool,
     /// Bumped each time `waiters` is emptied, so a subscriber knows whether its slab key
     /// still refers to its own registration.
     pub wake_gen: u64,
@@ -234,33 +236,55 @@ impl ChannelState {
         }
     }
 
-    /// The direct writes a push owes: the newest events, for every listed sink. The
-    /// tail holds no more than a subscriber may have unread (`subscriber_queue_events`,
-    /// and `subscriber_queue_bytes` in one write), so a stream behind more than that is
-    /// handed back to its task, which ends it as lagged as it would without the pass.
-    pub fn pass(&mut self, settings: &HubSettings) -> Option<Pass> {
+    /// The direct writes a push owes, unless a pass of this channel is queued already
+    /// (it will carry this push's events too).
+    pub fn pass(&mut self, ch: &Arc<Channel>, settings: &HubSettings) -> Option<Pass> {
+        if self.sinks.is_empty() || self.pass_queued {
+            return None;
+        }
+        self.pass_queued = true;
+        Some(Pass {
+            channel: ch.clone(),
+            limits: (
+                settings.subscriber_queue_events,
+                settings.subscriber_queue_bytes,
+            ),
+            started: false,
+        })
+    }
+
+    /// A queued pass was dropped without running.
+    pub fn cancel_pass(&mut self) {
+        self.pass_queued = false;
+    }
+
+    /// A queued pass starts: the sinks it writes; pushes from now on queue another.
+    pub fn start_pass(&mut self) -> Option<Arc<[Arc<dyn Sink>]>> {
+        self.pass_queued = false;
         if self.sinks.is_empty() {
             return None;
         }
         let sinks = self
             .sinks_snapshot
-            .get_or_insert_with(|| self.sinks.iter().map(|(_, s)| s.clone()).collect())
-            .clone();
+            .get_or_insert_with(|| self.sinks.iter().map(|(_, s)| s.clone()).collect());
+        Some(sinks.clone())
+    }
+
+    /// The newest events, as many as a subscriber may have unread (`limits`: queue
+    /// events and bytes), so a stream further behind is handed back to its task, which
+    /// ends it as lagged as it would without the pass.
+    pub fn tail(&self, (queue_events, queue_bytes): (usize, usize)) -> Tail {
         let skip = self
             .ring
             .len()
-            .saturating_sub(TAIL_EVENTS.min(settings.subscriber_queue_events));
+            .saturating_sub(TAIL_EVENTS.min(queue_events));
         let newest = self.ring.iter().skip(skip);
-        let tail = Tail {
+        Tail {
             first_pos: self.start_pos + skip as u64,
             events: newest.clone().map(|e| e.bytes.clone()).collect(),
             at_us: newest.map(|e| e.at_us).collect(),
-            max_bytes: settings.subscriber_queue_bytes.min(MAX_DIRECT_BYTES),
-        };
-        Some(Pass {
-            tail: Arc::new(tail),
-            sinks,
-        })
+            max_bytes: queue_bytes.min(MAX_DIRECT_BYTES),
+        }
     }
 
     /// Hand every directly written stream back to its task, woken.

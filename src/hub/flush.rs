@@ -35,7 +35,7 @@ impl Hub {
             _ => {
                 g.last_wake = Some(now);
                 wakes.wakers.extend(g.take_waiters());
-                wakes.passes.extend(g.pass(&settings));
+                wakes.passes.extend(g.pass(ch, &settings));
             }
         }
     }
@@ -79,7 +79,7 @@ impl Hub {
                 g.flush_queued = false;
                 g.last_wake = Some(now);
                 wakes.wakers.extend(g.take_waiters());
-                wakes.passes.extend(g.pass(&settings));
+                wakes.passes.extend(g.pass(&ch, &settings));
             }
             drop(settings);
             self.run(wakes);
