@@ -3,7 +3,8 @@
 //! Each channel keeps one ring of encoded events. The ring is both the resume history and
 //! the fan-out buffer: a subscriber is a cursor into the rings of its channels, woken when
 //! they grow, so a publish costs one push and one wake per *waiting* subscriber, never a
-//! copy per subscriber. A subscriber whose cursor falls too far behind is cut off (it
+//! copy per subscriber; a caught-up stream on one channel is not even woken: the publish's
+//! pass writes to its socket (`fanout`). A subscriber whose cursor falls too far behind is cut off (it
 //! resumes from history with `Last-Event-ID`), so a slow client can never hold memory.
 //!
 //! Event IDs order events across channels, so one `Last-Event-ID` resumes a multi-channel
