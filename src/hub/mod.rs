@@ -4,8 +4,9 @@
 //! the fan-out buffer: a subscriber is a cursor into the rings of its channels, woken when
 //! they grow, so a publish costs one push and one wake per *waiting* subscriber, never a
 //! copy per subscriber; a caught-up stream on one channel is not even woken: the publish's
-//! pass writes to its socket (`fanout`). A subscriber whose cursor falls too far behind is cut off (it
-//! resumes from history with `Last-Event-ID`), so a slow client can never hold memory.
+//! pass writes to its socket (`fanout`). A subscriber whose cursor falls too far behind is
+//! cut off (it resumes from history with `Last-Event-ID`), so a slow client can never
+//! hold memory.
 //!
 //! Event IDs order events across channels, so one `Last-Event-ID` resumes a multi-channel
 //! subscription. The hub works in one of two roles:
