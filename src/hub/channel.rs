@@ -7,7 +7,7 @@ use std::task::Waker;
 use bytes::Bytes;
 use slab::Slab;
 
-use super::fanout::{Pass, Sink, Tail, MAX_DIRECT_BYTES, TAIL_EVENTS};
+use super::fanout::{Pass, Sink, Tail, Wakes, MAX_DIRECT_BYTES, TAIL_EVENTS};
 use super::HubSettings;
 
 /// An encoded event in a channel ring.
@@ -80,6 +80,9 @@ pub(super) struct ChannelState {
     sinks_snapshot: Option<Arc<[Arc<dyn Sink>]>>,
     /// A pass of this channel is queued and has not taken the sinks yet.
     pass_queued: bool,
+    /// The last tail a shard took: the next shards of a pass reuse it while the ring
+    /// has not moved, instead of cloning the same events again.
+    tail: Option<Arc<Tail>>,
     /// Bumped each time `waiters` is emptied, so a subscriber knows whether its slab key
     /// still refers to its own registration.
     pub wake_gen: u64,
@@ -172,6 +175,8 @@ impl ChannelState {
     }
 
     pub fn trim_older_than(&mut self, oldest_us: u64) {
+        // The sweep also lets go of the last pass's tail, whose events may be gone.
+        self.tail = None;
         while self.ring.front().is_some_and(|e| e.at_us < oldest_us) {
             self.evict_front();
         }
@@ -236,9 +241,23 @@ impl ChannelState {
         }
     }
 
+    /// What the subscribers are owed now (`ch` is this channel): parked tasks to wake,
+    /// and a pass for the directly written ones.
+    pub fn wake(
+        &mut self,
+        ch: &Arc<Channel>,
+        now: tokio::time::Instant,
+        settings: &HubSettings,
+        wakes: &mut Wakes,
+    ) {
+        self.last_wake = Some(now);
+        wakes.wakers.extend(self.take_waiters());
+        wakes.passes.extend(self.pass(ch, settings));
+    }
+
     /// The direct writes a push owes, unless a pass of this channel is queued already
     /// (it will carry this push's events too).
-    pub fn pass(&mut self, ch: &Arc<Channel>, settings: &HubSettings) -> Option<Pass> {
+    fn pass(&mut self, ch: &Arc<Channel>, settings: &HubSettings) -> Option<Pass> {
         if self.sinks.is_empty() || self.pass_queued {
             return None;
         }
@@ -273,18 +292,28 @@ impl ChannelState {
     /// The newest events, as many as a subscriber may have unread (`limits`: queue
     /// events and bytes), so a stream further behind is handed back to its task, which
     /// ends it as lagged as it would without the pass.
-    pub fn tail(&self, (queue_events, queue_bytes): (usize, usize)) -> Tail {
+    pub fn tail(&mut self, (queue_events, queue_bytes): (usize, usize)) -> Arc<Tail> {
         let skip = self
             .ring
             .len()
             .saturating_sub(TAIL_EVENTS.min(queue_events));
+        let first_pos = self.start_pos + skip as u64;
+        let max_bytes = queue_bytes.min(MAX_DIRECT_BYTES);
+        if let Some(tail) = &self.tail {
+            let end = tail.first_pos + tail.events.len() as u64;
+            if tail.first_pos == first_pos && end == self.end_pos() && tail.max_bytes == max_bytes {
+                return tail.clone();
+            }
+        }
         let newest = self.ring.iter().skip(skip);
-        Tail {
-            first_pos: self.start_pos + skip as u64,
+        let tail = Arc::new(Tail {
+            first_pos,
             events: newest.clone().map(|e| e.bytes.clone()).collect(),
             at_us: newest.map(|e| e.at_us).collect(),
-            max_bytes: queue_bytes.min(MAX_DIRECT_BYTES),
-        }
+            max_bytes,
+        });
+        self.tail = Some(tail.clone());
+        tail
     }
 
     /// Hand every directly written stream back to its task, woken.

@@ -42,7 +42,8 @@ pub struct Written {
     pub at: Instant,
 }
 
-/// The newest events of a channel, as a shard of a pass starts.
+/// The newest events of a channel, as a shard of a pass starts (shared by the shards
+/// that start before the ring moves).
 pub struct Tail {
     /// Ring position of `events[0]`.
     pub first_pos: u64,
@@ -110,11 +111,17 @@ impl Wakes {
         }
         for pass in self.passes {
             let metrics = metrics.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => drop(handle.spawn(async move { pass.run(&metrics, epoch) })),
-                Err(_) => pass.run(&metrics, epoch),
-            }
+            spawn_or_run(move || pass.run(&metrics, epoch));
         }
+    }
+}
+
+/// Run `work` as a task of the current runtime, or here when there is none (a hub used
+/// outside one: tests).
+fn spawn_or_run(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn(async move { work() })),
+        Err(_) => work(),
     }
 }
 
@@ -127,7 +134,6 @@ impl Pass {
             return;
         };
         let len = sinks.len();
-        let handle = tokio::runtime::Handle::try_current();
         for start in (SHARD..len).step_by(SHARD) {
             let shard = Shard {
                 channel: self.channel.clone(),
@@ -136,10 +142,7 @@ impl Pass {
                 range: start..len.min(start + SHARD),
             };
             let metrics = metrics.clone();
-            match &handle {
-                Ok(handle) => drop(handle.spawn(async move { shard.run(&metrics, epoch) })),
-                Err(_) => shard.run(&metrics, epoch),
-            }
+            spawn_or_run(move || shard.run(&metrics, epoch));
         }
         let first = Shard {
             channel: self.channel.clone(),

@@ -32,11 +32,7 @@ impl Hub {
                     self.flush_ready.notify_one();
                 }
             }
-            _ => {
-                g.last_wake = Some(now);
-                wakes.wakers.extend(g.take_waiters());
-                wakes.passes.extend(g.pass(ch, &settings));
-            }
+            _ => g.wake(ch, now, &settings, wakes),
         }
     }
 
@@ -77,9 +73,7 @@ impl Hub {
             for ch in due {
                 let mut g = ch.lock();
                 g.flush_queued = false;
-                g.last_wake = Some(now);
-                wakes.wakers.extend(g.take_waiters());
-                wakes.passes.extend(g.pass(&ch, &settings));
+                g.wake(&ch, now, &settings, &mut wakes);
             }
             drop(settings);
             self.run(wakes);
