@@ -393,7 +393,7 @@ impl hub::Sink for Sink {
         }
     }
 
-    fn offer(&self, tail: &hub::Tail) -> Option<hub::Written> {
+    fn offer(&self, tail: &hub::Tail, now: Instant) -> Option<hub::Written> {
         let mut s = self.lock();
         if !s.direct {
             return None;
@@ -410,25 +410,43 @@ impl hub::Sink for Sink {
             Self::hand_back(s);
             return None;
         }
-        let Ok(rest) = Wire::new(None, events, self.chunked, false).send(&self.io) else {
-            // The task finds the error itself and ends the stream.
-            Self::hand_back(s);
-            return None;
+        let frame: fn(&[u8], &mut Vec<u8>) = if self.chunked {
+            frame_chunk
+        } else {
+            |event, out| out.extend_from_slice(event)
         };
-        let at = Instant::now();
+        let framed = tail.framed(usize::from(self.chunked), frame);
+        let wire = &framed.bytes[framed.starts[first]..];
+        // Straight to the socket, past tokio's readiness check: the task that gets the
+        // stream back after a WouldBlock here finds the readiness stale and clears it with
+        // its first try (`write_some`).
+        let sent = match socket2::SockRef::from(&self.io).send(wire) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                0
+            }
+            Err(_) => {
+                // The task finds the error itself and ends the stream.
+                Self::hand_back(s);
+                return None;
+            }
+        };
         s.pos += events.len() as u64;
-        s.last_write = Some(at);
-        let written = hub::Written {
+        s.last_write = Some(now);
+        if sent < wire.len() {
+            s.backlog = Some(Bytes::copy_from_slice(&wire[sent..]));
+            Self::hand_back(s);
+        }
+        Some(hub::Written {
             first,
             events: events.len(),
             bytes,
-            at: at.into_std(),
-        };
-        if let Some(rest) = rest {
-            s.backlog = Some(rest);
-            Self::hand_back(s);
-        }
-        Some(written)
+        })
     }
 
     fn recall(&self) {
@@ -554,6 +572,19 @@ impl<'a> Wire<'a> {
     }
 }
 
+/// `event` as one HTTP/1.1 chunk, appended to `out` (nothing for an empty one, which
+/// would read as the last chunk).
+fn frame_chunk(event: &[u8], out: &mut Vec<u8>) {
+    if event.is_empty() {
+        return;
+    }
+    let mut size_line = [0u8; 20];
+    let n = chunk_size_line(event.len(), &mut size_line);
+    out.extend_from_slice(&size_line[..n]);
+    out.extend_from_slice(event);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `len` in hex and CRLF, the line before a chunk, written to the front of `out`; returns
 /// its length. (`write!` would do, at several times the cost, on every delivery.)
 fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
@@ -633,6 +664,54 @@ mod tests {
             let mut out = [0u8; 20];
             let n = chunk_size_line(len, &mut out);
             assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "{len}");
+        }
+    }
+
+    /// A sink behind by several events sends them from the tail's one framed buffer:
+    /// from any event on, the bytes are well-formed chunks (one per event, none empty,
+    /// so none reads as the last) carrying exactly the unread events; unchunked, the
+    /// events as they are.
+    #[test]
+    fn a_tail_framed_from_any_event_on_is_those_events() {
+        let events: Vec<Bytes> = [
+            b"id: 1\ndata: a\n\n".as_slice(),
+            &[b'x'; 16],
+            &[],
+            &[b'y'; 300],
+        ]
+        .into_iter()
+        .map(Bytes::copy_from_slice)
+        .collect();
+        let tail = hub::Tail::new(7, events.clone(), vec![0; events.len()], 1 << 20);
+        let chunked = tail.framed(1, frame_chunk);
+        let plain = tail.framed(0, |event, out| out.extend_from_slice(event));
+        for first in 0..events.len() {
+            let want = events[first..].concat();
+            assert_eq!(
+                &plain.bytes[plain.starts[first]..],
+                &want[..],
+                "plain from {first}"
+            );
+            let mut wire = &chunked.bytes[chunked.starts[first]..];
+            let mut got = Vec::new();
+            while !wire.is_empty() {
+                let line_end = wire
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .expect("size line");
+                let len =
+                    usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap(), 16)
+                        .unwrap();
+                assert!(
+                    len > 0,
+                    "an empty chunk from {first} would end the response"
+                );
+                let data = &wire[line_end + 2..];
+                got.extend_from_slice(&data[..len]);
+                assert_eq!(&data[len..len + 2], b"\r\n");
+                wire = &data[len + 2..];
+            }
+            assert_eq!(got, want, "chunked from {first}");
         }
     }
 

@@ -306,12 +306,12 @@ impl ChannelState {
             }
         }
         let newest = self.ring.iter().skip(skip);
-        let tail = Arc::new(Tail {
+        let tail = Arc::new(Tail::new(
             first_pos,
-            events: newest.clone().map(|e| e.bytes.clone()).collect(),
-            at_us: newest.map(|e| e.at_us).collect(),
+            newest.clone().map(|e| e.bytes.clone()).collect(),
+            newest.map(|e| e.at_us).collect(),
             max_bytes,
-        });
+        ));
         self.tail = Some(tail.clone());
         tail
     }

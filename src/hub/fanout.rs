@@ -10,7 +10,7 @@
 //! stream too far behind, an error): whatever is not plain goes through the task.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 use std::time::Instant;
 
@@ -28,7 +28,8 @@ pub trait Sink: Send + Sync {
     fn enter(&self, pos: u64, waker: &Waker);
     /// Write `tail`'s events from the sink's position on, if it is in direct mode; else
     /// (or when that cannot be done in one plain write) hand the stream back to its task.
-    fn offer(&self, tail: &Tail) -> Option<Written>;
+    /// `now` is when the shard started (a few sends ago at most): the write's time.
+    fn offer(&self, tail: &Tail, now: tokio::time::Instant) -> Option<Written>;
     /// Hand the stream back to its task, woken (shutdown, a reload).
     fn recall(&self);
 }
@@ -39,7 +40,6 @@ pub struct Written {
     pub first: usize,
     pub events: usize,
     pub bytes: usize,
-    pub at: Instant,
 }
 
 /// The newest events of a channel, as a shard of a pass starts (shared by the shards
@@ -52,9 +52,53 @@ pub struct Tail {
     pub at_us: Vec<u64>,
     /// A write of more than this goes through the task (its batching, its lag check).
     pub max_bytes: usize,
+    /// The events on the wire, one buffer per framing (see [`Tail::framed`]).
+    framed: [OnceLock<Framed>; FRAMINGS],
 }
 
+/// A tail's events as they go on the wire, back to back in one buffer: a sink sends the
+/// bytes from its first unread event on with one plain `send`, however many it has unread,
+/// instead of gathering slices for a `sendmsg` per stream.
+pub struct Framed {
+    pub bytes: Vec<u8>,
+    /// Where each event starts in `bytes`.
+    pub starts: Vec<usize>,
+}
+
+/// Framings a tail keeps (the direct sink's: HTTP/1.1 chunks, or the bytes as they are).
+pub const FRAMINGS: usize = 2;
+
 impl Tail {
+    pub fn new(first_pos: u64, events: Vec<Bytes>, at_us: Vec<u64>, max_bytes: usize) -> Self {
+        Self {
+            first_pos,
+            events,
+            at_us,
+            max_bytes,
+            framed: Default::default(),
+        }
+    }
+
+    /// The events framed by `frame` (which appends one event as it goes on the wire),
+    /// built by the first sink of the pass that asks, outside the channel lock, and
+    /// shared by the others. `framing` (below [`FRAMINGS`]) names the framing: every
+    /// caller passing the same one passes the same `frame`.
+    pub fn framed(&self, framing: usize, frame: impl Fn(&[u8], &mut Vec<u8>)) -> &Framed {
+        self.framed[framing].get_or_init(|| {
+            let mut bytes = Vec::with_capacity(self.events.iter().map(|e| e.len() + 24).sum());
+            let starts = self
+                .events
+                .iter()
+                .map(|event| {
+                    let start = bytes.len();
+                    frame(event, &mut bytes);
+                    start
+                })
+                .collect();
+            Framed { bytes, starts }
+        })
+    }
+
     /// The events from ring position `pos` on, with the index of the first; `None` when
     /// `pos` lies before the tail (that stream is further behind than a pass carries).
     pub fn from(&self, pos: u64) -> Option<(usize, &[Bytes])> {
@@ -164,14 +208,24 @@ struct Shard {
 impl Shard {
     fn run(self, metrics: &Metrics, epoch: Instant) {
         let tail = self.channel.lock().tail(self.limits);
+        // One clock read for the shard's writes (as their time) and one after them (for
+        // their latency), rather than one per stream.
+        let now = tokio::time::Instant::now();
         let (mut events, mut bytes) = (0, 0);
+        let mut firsts = [0; SHARD];
+        let mut written = 0;
         for sink in &self.sinks[self.range] {
-            let Some(w) = sink.offer(&tail) else {
+            let Some(w) = sink.offer(&tail, now) else {
                 continue;
             };
             events += w.events as u64;
             bytes += w.bytes as u64;
-            let latency = super::seconds_since(epoch, tail.at_us[w.first], w.at);
+            firsts[written] = w.first;
+            written += 1;
+        }
+        let done = Instant::now();
+        for &first in &firsts[..written] {
+            let latency = super::seconds_since(epoch, tail.at_us[first], done);
             metrics.delivery_latency.observe(latency);
         }
         if events > 0 {
