@@ -415,31 +415,35 @@ impl hub::Sink for Sink {
         } else {
             |event, out| out.extend_from_slice(event)
         };
-        let framed = tail.framed(usize::from(self.chunked), frame);
-        let wire = &framed.bytes[framed.starts[first]..];
-        // Straight to the socket, past tokio's readiness check: the task that gets the
-        // stream back after a WouldBlock here finds the readiness stale and clears it with
-        // its first try (`write_some`).
-        let sent = match socket2::SockRef::from(&self.io).send(wire) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                0
-            }
-            Err(_) => {
-                // The task finds the error itself and ends the stream.
-                Self::hand_back(s);
-                return None;
-            }
+        let sent = match tail.framed(usize::from(self.chunked), first, frame) {
+            // Straight to the socket, past tokio's readiness check: the task that gets
+            // the stream back after a WouldBlock here finds the readiness stale and
+            // clears it with its first try (`write_some`).
+            Some(wire) => match socket2::SockRef::from(&self.io).send(wire) {
+                Ok(n) if n == wire.len() => Ok(None),
+                Ok(n) => Ok(Some(Bytes::copy_from_slice(&wire[n..]))),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    Ok(Some(Bytes::copy_from_slice(wire)))
+                }
+                Err(e) => Err(e),
+            },
+            // Further behind than the pass's framed events: its own slices.
+            None => Wire::new(None, events, self.chunked, false).send(&self.io),
+        };
+        let Ok(rest) = sent else {
+            // The task finds the error itself and ends the stream.
+            Self::hand_back(s);
+            return None;
         };
         s.pos += events.len() as u64;
         s.last_write = Some(now);
-        if sent < wire.len() {
-            s.backlog = Some(Bytes::copy_from_slice(&wire[sent..]));
+        if let Some(rest) = rest {
+            s.backlog = Some(rest);
             Self::hand_back(s);
         }
         Some(hub::Written {
@@ -667,14 +671,16 @@ mod tests {
         }
     }
 
-    /// A sink behind by several events sends them from the tail's one framed buffer:
-    /// from any event on, the bytes are well-formed chunks (one per event, none empty,
-    /// so none reads as the last) carrying exactly the unread events; unchunked, the
-    /// events as they are.
+    /// A pass's sinks send from the tail's one framed buffer, which starts at the first
+    /// asker's first unread event: from there on, the bytes are well-formed chunks (one
+    /// per event, none empty, so none reads as the last) carrying exactly the unread
+    /// events, or unchunked the events as they are; a sink further behind gets nothing
+    /// (it writes its own slices).
     #[test]
     fn a_tail_framed_from_any_event_on_is_those_events() {
         let events: Vec<Bytes> = [
             b"id: 1\ndata: a\n\n".as_slice(),
+            &[b'w'; 5],
             &[b'x'; 16],
             &[],
             &[b'y'; 300],
@@ -683,25 +689,28 @@ mod tests {
         .map(Bytes::copy_from_slice)
         .collect();
         let tail = hub::Tail::new(7, events.clone(), vec![0; events.len()], 1 << 20);
-        let chunked = tail.framed(1, frame_chunk);
-        let plain = tail.framed(0, |event, out| out.extend_from_slice(event));
-        for first in 0..events.len() {
+        let plain = |event: &[u8], out: &mut Vec<u8>| out.extend_from_slice(event);
+        // The first askers start at event 1: event 0 is before the buffers.
+        assert!(tail.framed(1, 1, frame_chunk).is_some());
+        assert!(tail.framed(0, 1, plain).is_some());
+        assert!(tail.framed(1, 0, frame_chunk).is_none());
+        assert!(tail.framed(0, 0, plain).is_none());
+        for first in 1..events.len() {
             let want = events[first..].concat();
             assert_eq!(
-                &plain.bytes[plain.starts[first]..],
+                tail.framed(0, first, plain).unwrap(),
                 &want[..],
                 "plain from {first}"
             );
-            let mut wire = &chunked.bytes[chunked.starts[first]..];
+            let mut wire = tail.framed(1, first, frame_chunk).unwrap();
             let mut got = Vec::new();
             while !wire.is_empty() {
                 let line_end = wire
                     .windows(2)
                     .position(|w| w == b"\r\n")
                     .expect("size line");
-                let len =
-                    usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap(), 16)
-                        .unwrap();
+                let len = std::str::from_utf8(&wire[..line_end]).unwrap();
+                let len = usize::from_str_radix(len, 16).unwrap();
                 assert!(
                     len > 0,
                     "an empty chunk from {first} would end the response"
@@ -713,6 +722,7 @@ mod tests {
             }
             assert_eq!(got, want, "chunked from {first}");
         }
+        assert!(tail.framed(1, events.len(), frame_chunk).is_none());
     }
 
     /// An idle stream's task is this future plus tokio's task header and trailer

@@ -56,13 +56,15 @@ pub struct Tail {
     framed: [OnceLock<Framed>; FRAMINGS],
 }
 
-/// A tail's events as they go on the wire, back to back in one buffer: a sink sends the
-/// bytes from its first unread event on with one plain `send`, however many it has unread,
-/// instead of gathering slices for a `sendmsg` per stream.
-pub struct Framed {
-    pub bytes: Vec<u8>,
-    /// Where each event starts in `bytes`.
-    pub starts: Vec<usize>,
+/// Some of a tail's events as they go on the wire, back to back in one buffer: a sink
+/// sends the bytes from its first unread event on with one plain `send`, however many it
+/// has unread, instead of gathering slices for a `sendmsg` per stream.
+struct Framed {
+    /// Index in the tail of the first event framed.
+    from: usize,
+    bytes: Vec<u8>,
+    /// Where each event from `from` on starts in `bytes`.
+    starts: Vec<usize>,
 }
 
 /// Framings a tail keeps (the direct sink's: HTTP/1.1 chunks, or the bytes as they are).
@@ -79,15 +81,23 @@ impl Tail {
         }
     }
 
-    /// The events framed by `frame` (which appends one event as it goes on the wire),
-    /// built by the first sink of the pass that asks, outside the channel lock, and
-    /// shared by the others. `framing` (below [`FRAMINGS`]) names the framing: every
-    /// caller passing the same one passes the same `frame`.
-    pub fn framed(&self, framing: usize, frame: impl Fn(&[u8], &mut Vec<u8>)) -> &Framed {
-        self.framed[framing].get_or_init(|| {
-            let mut bytes = Vec::with_capacity(self.events.iter().map(|e| e.len() + 24).sum());
-            let starts = self
-                .events
+    /// The events from index `first` on as they go on the wire, framed by `frame` (which
+    /// appends one event), in one buffer built by the first sink of the pass that asks,
+    /// outside the channel lock, and shared by the others. The buffer starts at that
+    /// sink's first unread event, so it holds no more than one write carries: `None` for
+    /// a sink further behind than that one, which writes its events itself. `framing`
+    /// (below [`FRAMINGS`]) names the framing: callers passing the same one pass the same
+    /// `frame`.
+    pub fn framed(
+        &self,
+        framing: usize,
+        first: usize,
+        frame: impl Fn(&[u8], &mut Vec<u8>),
+    ) -> Option<&[u8]> {
+        let framed = self.framed[framing].get_or_init(|| {
+            let events = self.events.get(first..).unwrap_or_default();
+            let mut bytes = Vec::with_capacity(events.iter().map(|e| e.len() + 24).sum());
+            let starts = events
                 .iter()
                 .map(|event| {
                     let start = bytes.len();
@@ -95,8 +105,14 @@ impl Tail {
                     start
                 })
                 .collect();
-            Framed { bytes, starts }
-        })
+            Framed {
+                from: first,
+                bytes,
+                starts,
+            }
+        });
+        let at = *framed.starts.get(first.checked_sub(framed.from)?)?;
+        Some(&framed.bytes[at..])
     }
 
     /// The events from ring position `pos` on, with the index of the first; `None` when
