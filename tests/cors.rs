@@ -281,8 +281,15 @@ fn wildcard_origin_never_loads() {
             assert!(stderr.contains("server.cors_allowed_origins"), "{stderr}");
         }
     }
-    // Other non-origins are refused the same way.
-    for bad in ["app.example", "https://app.example/", "ftp://app.example"] {
+    // Other non-origins are refused the same way; so is one that would inject a header
+    // line when echoed (TOML decodes the `\r\n`).
+    for bad in [
+        "app.example",
+        "https://app.example/",
+        "ftp://app.example",
+        "https://app.example\\r\\nx-injected: 1",
+        "https://app example",
+    ] {
         std::fs::write(
             &file,
             format!("[server]\ncors_allowed_origins = [\"{bad}\"]\n"),

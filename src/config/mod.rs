@@ -508,8 +508,10 @@ impl Config {
                     "\"*\" is not allowed: credentials (cookies) are allowed, so list exact origins",
                 ));
             }
+            // Echoed verbatim in `Access-Control-Allow-Origin`: no spaces or control characters.
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
+                || origin.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
                 return Err(invalid(
                     "server.cors_allowed_origins",

@@ -179,18 +179,28 @@ pub fn write_head(
     content_length: Option<u64>,
     framing: Framing,
 ) {
-    let status = parts.status;
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(status.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.put_slice(b"\r\n");
+    write_status_line(out, parts.status);
     for (name, value) in &parts.headers {
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    write_head_end(out, content_length, framing);
+}
+
+/// `HTTP/1.1 <status> <reason>`, the first line of [`write_head`].
+pub fn write_status_line(out: &mut BytesMut, status: http::StatusCode) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+}
+
+/// The end of [`write_head`], after the response's own headers: `date`, `content-length`,
+/// the framing headers and the blank line.
+pub fn write_head_end(out: &mut BytesMut, content_length: Option<u64>, framing: Framing) {
     out.put_slice(b"date: ");
     super::date::with_now(|date| out.put_slice(date));
     out.put_slice(b"\r\n");

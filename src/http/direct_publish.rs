@@ -7,16 +7,14 @@
 //! hyper's per-request machinery (dispatcher, header maps, write buffer) was an eighth of
 //! the instructions herald spent on a publish (callgrind).
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Response};
-use http_body_util::{BodyExt, Either};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::direct::{write_head, write_within, Framing};
+use super::direct::{write_head_end, write_status_line, write_within, Framing};
 use super::head::PublishHead;
 use super::publish::{respond, BodyError};
-use super::response::Body;
+use super::response::JsonAnswer;
 use super::{cors, AppState};
 use crate::auth::Listener;
 
@@ -38,22 +36,32 @@ pub async fn serve(
     head: PublishHead,
     closing: bool,
 ) -> After {
-    // `buf` keeps the head, which the headers point into; the body (and whatever a
-    // pipelining client sent after it) goes on in `rest`.
-    let mut rest = buf.split_off(head.len);
     let length = head.content_length;
-    let resp = respond(state, &head.headers(buf), Listener::Public, |max| {
-        read_body(io, &mut rest, length, max)
-    })
-    .await;
+    let end = head.len + length;
+    let answer = if buf.len() >= end {
+        // The body came with the head (a small publish's usual case): taken from `buf`.
+        let (head_bytes, body) = buf[..end].split_at(head.len);
+        respond(state, &head.headers(head_bytes), Listener::Public, |max| {
+            std::future::ready(body_within(body, max))
+        })
+        .await
+    } else {
+        // The body is still on its way. `buf` keeps the head, which the headers point
+        // into; the body is read into `rest`, and put back after the head once answered.
+        let mut rest = buf.split_off(head.len);
+        let answer = respond(state, &head.headers(buf), Listener::Public, |max| {
+            read_body(io, &mut rest, length, max)
+        })
+        .await;
+        buf.extend_from_slice(&rest);
+        answer
+    };
     // A body the handler did not read (refused on its headers) may still be on its way:
     // then the next request's start is unknown and the connection closes.
-    let body_unread = rest.len() < length;
+    let body_unread = buf.len() < end;
     let keep_alive = !body_unread && !head.close && !closing;
     let mut out = BytesMut::new();
-    if !encode_answer(state, head.origin(buf), resp, keep_alive, &mut out).await {
-        return After::Close;
-    }
+    encode_answer(state, head.origin(buf), answer, keep_alive, &mut out);
     if write_answers(state, io, &out).await.is_err() {
         return After::Close;
     }
@@ -65,8 +73,7 @@ pub async fn serve(
         return After::Close;
     }
     // Whatever followed the body is the next request; `buf` keeps its capacity.
-    buf.clear();
-    buf.extend_from_slice(&rest[length..]);
+    buf.drain(..end);
     After::KeepAlive
 }
 
@@ -91,23 +98,22 @@ pub async fn serve_pipelined(
         let headers = head.headers(head_bytes);
         async move {
             respond(state, &headers, Listener::Public, move |max| {
-                let body = if body.len() > max {
-                    Err(BodyError::TooLarge)
-                } else {
-                    Ok(Bytes::copy_from_slice(body))
-                };
-                std::future::ready(body)
+                std::future::ready(body_within(body, max))
             })
             .await
         }
     }))
     .await;
     let mut out = BytesMut::new();
-    for ((at, head), resp) in run.iter().zip(answers) {
+    for ((at, head), answer) in run.iter().zip(answers) {
         // The run ends at a `Connection: close`, so only the last one can say it.
-        if !encode_answer(state, head.origin(&buf[*at..]), resp, !head.close, &mut out).await {
-            return After::Close;
-        }
+        encode_answer(
+            state,
+            head.origin(&buf[*at..]),
+            answer,
+            !head.close,
+            &mut out,
+        );
     }
     if write_answers(state, io, &out).await.is_err() {
         return After::Close;
@@ -128,31 +134,40 @@ async fn write_answers(state: &AppState, io: &mut TcpStream, out: &[u8]) -> std:
     write_within(io, out, write_timeout, &state.hub.metrics().write_timeouts).await
 }
 
-/// Append `resp` to `out` as it goes on the wire, with the CORS headers for `origin`;
-/// false for an answer that is not a complete body (a publish never is one).
-async fn encode_answer(
+/// Append `answer` to `out` as it goes on the wire, with the CORS headers for `origin`:
+/// the same head hyper's path would send for it ([`JsonAnswer::into_response`],
+/// [`cors::decorate`]), written directly.
+fn encode_answer(
     state: &AppState,
     origin: Option<&[u8]>,
-    mut resp: Response<Body>,
+    answer: JsonAnswer,
     keep_alive: bool,
     out: &mut BytesMut,
-) -> bool {
-    let origin = origin.and_then(|o| HeaderValue::from_bytes(o).ok());
-    cors::decorate(state, origin.as_ref(), &mut resp);
-    let (parts, body) = resp.into_parts();
-    let Either::Left(body) = body else {
-        return false;
-    };
+) {
     let framing = if keep_alive {
         Framing::KeepAlive
     } else {
         Framing::Close
     };
-    let Ok(body) = body.collect().await.map(|c| c.to_bytes());
-    out.reserve(256 + body.len());
-    write_head(out, &parts, Some(body.len() as u64), framing);
-    out.extend_from_slice(&body);
-    true
+    out.reserve(256 + answer.body.len());
+    write_status_line(out, answer.status);
+    out.put_slice(b"content-type: application/json\r\n");
+    if let Some(secs) = answer.retry_after {
+        out.put_slice(b"retry-after: ");
+        out.put_slice(itoa::Buffer::new().format(secs).as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    cors::write_lines(state, origin, out);
+    write_head_end(out, Some(answer.body.len() as u64), framing);
+    out.put_slice(&answer.body);
+}
+
+/// A complete body, unless it is over `max`.
+fn body_within(body: &[u8], max: usize) -> Result<Bytes, BodyError> {
+    if body.len() > max {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::copy_from_slice(body))
 }
 
 /// The first `length` bytes of `buf`, reading more from `io` as needed.
@@ -173,7 +188,7 @@ async fn read_body(
             Err(e) => return Err(BodyError::Failed(e.to_string())),
         }
     }
-    Ok(Bytes::copy_from_slice(&buf[..length]))
+    body_within(&buf[..length], max)
 }
 
 /// After an answer and our shutdown, while the client may still be sending its body:

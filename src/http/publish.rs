@@ -9,7 +9,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::response::{self, ApiError, Body};
+use super::response::{self, ApiError, Body, JsonAnswer};
 use super::AppState;
 use crate::auth::Listener;
 use crate::hub::NewEvent;
@@ -65,6 +65,7 @@ pub async fn handle(
         }
     })
     .await
+    .into_response()
 }
 
 /// Answer a publish with these headers; `read_body(max)` reads its body, at most `max`
@@ -76,27 +77,27 @@ pub async fn respond<F, Fut>(
     headers: &PublishHeaders<'_>,
     listener: Listener,
     read_body: F,
-) -> Response<Body>
+) -> JsonAnswer
 where
     F: FnOnce(usize) -> Fut,
     Fut: Future<Output = Result<Bytes, BodyError>>,
 {
     let started = std::time::Instant::now();
     let metrics = state.hub.metrics();
-    let (resp, result) = match publish(state, headers, listener, read_body).await {
-        Ok(resp) => (resp, "accepted"),
+    let (answer, result) = match publish(state, headers, listener, read_body).await {
+        Ok(answer) => (answer, "accepted"),
         Err(e) => {
             tracing::Span::current().record("error", e.code);
             debug_assert!(PUBLISH_REFUSALS.contains(&e.code), "unlisted {}", e.code);
             metrics.publish_rejected.with_label_values(&[e.code]).inc();
-            (e.into_response(), "refused")
+            (JsonAnswer::from(e), "refused")
         }
     };
     metrics
         .publish_duration
         .with_label_values(&[result])
         .observe(started.elapsed().as_secs_f64());
-    resp
+    answer
 }
 
 async fn publish<F, Fut>(
@@ -104,7 +105,7 @@ async fn publish<F, Fut>(
     headers: &PublishHeaders<'_>,
     listener: Listener,
     read_body: F,
-) -> Result<Response<Body>, ApiError>
+) -> Result<JsonAnswer, ApiError>
 where
     F: FnOnce(usize) -> Fut,
     Fut: Future<Output = Result<Bytes, BodyError>>,
@@ -172,11 +173,7 @@ where
             response::backend_error(e, settings.config.limits.retry_after.as_secs().max(1))
         })?;
     let batch = format == Format::Json && body.trim_ascii_start().starts_with(b"[");
-    Ok(response::full(
-        StatusCode::OK,
-        "application/json",
-        published_json(&events, &published, batch),
-    ))
+    Ok(JsonAnswer::ok(published_json(&events, &published, batch)))
 }
 
 /// `{"id":"N","channel":"C"}`, or `{"events":[...]}` for a batch. Written directly: a

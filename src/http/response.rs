@@ -46,13 +46,48 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        let mut resp = json(self.status, &body);
+        JsonAnswer::from(self).into_response()
+    }
+}
+
+/// A complete JSON answer, before it is a `Response`: what a publish answers. hyper's
+/// path turns it into one; the lean path ([`super::direct_publish`]) writes it to the
+/// wire as it is, without building a header map only to encode it again.
+#[derive(Debug, Clone)]
+pub struct JsonAnswer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    /// Seconds for `Retry-After` on 429/503.
+    pub retry_after: Option<u64>,
+}
+
+impl JsonAnswer {
+    pub fn ok(body: Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            retry_after: None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = full(self.status, "application/json", self.body);
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+impl From<ApiError> for JsonAnswer {
+    fn from(e: ApiError) -> Self {
+        let body = serde_json::json!({ "error": e.code, "message": e.message });
+        Self {
+            status: e.status,
+            body: Bytes::from(body.to_string()),
+            retry_after: e.retry_after,
+        }
     }
 }
 
