@@ -193,8 +193,17 @@ async fn admin_endpoints_report_the_node() {
     publish_data(&client, &server.url("/publish"), "news", "1").await;
     let last = publish_data(&client, &server.url("/publish"), "news", "2").await;
     s.events(2, WAIT).await;
+    // A delivery is counted just after its write, so the client can see the events a
+    // moment before the counter does: wait for it (it starts at 0, and only these two
+    // publishes can raise it).
+    let metrics = server.admin_url("/metrics");
+    wait_for(WAIT, || async {
+        let (_, text) = get_text(&metrics).await;
+        metric_value(&text, "herald_events_delivered_total") == Some(2.0)
+    })
+    .await;
 
-    let resp = reqwest::get(server.admin_url("/metrics")).await.unwrap();
+    let resp = reqwest::get(&metrics).await.unwrap();
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = resp.text().await.unwrap();

@@ -407,7 +407,15 @@ async fn caught_up_streams_are_written_by_the_publish_itself() {
             assert_eq!((e.data, e.last_event_id), (i.to_string(), id.to_string()));
         }
     }
+    // A pass counts its deliveries just after its writes, so the clients can see the
+    // last event a moment before the counter does: wait for it (only these publishes
+    // raise it), then take both figures.
     let metrics = server.admin_url("/metrics");
+    wait_for(WAIT, || async {
+        let (_, text) = get_text(&metrics).await;
+        metric_value(&text, "herald_events_delivered_total") >= Some(210.0)
+    })
+    .await;
     let delivered = metric(&metrics, "herald_events_delivered_total").await;
     let written_direct = metric(&metrics, "herald_events_delivered_direct_total").await;
     assert_eq!(delivered, 210.0, "21 streams, 10 events each");
