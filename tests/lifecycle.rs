@@ -2,12 +2,15 @@
 //! overrides, the admin endpoints, and draining on SIGTERM (or `stop()` in process).
 
 mod common;
+#[path = "common/hardening.rs"]
+mod hardening;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hardening::wait_metric;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -196,21 +199,17 @@ async fn admin_endpoints_report_the_node() {
     // A delivery is counted just after its write, so the client can see the events a
     // moment before the counter does: wait for it (it starts at 0, and only these two
     // publishes can raise it).
-    let metrics = server.admin_url("/metrics");
-    wait_for(WAIT, || async {
-        let (_, text) = get_text(&metrics).await;
-        metric_value(&text, "herald_events_delivered_total") == Some(2.0)
-    })
-    .await;
+    const DELIVERED: &str = "herald_events_delivered_total";
+    wait_metric(&client, server.admin, DELIVERED, WAIT, |v| v == 2.0).await;
 
-    let resp = reqwest::get(&metrics).await.unwrap();
+    let resp = reqwest::get(server.admin_url("/metrics")).await.unwrap();
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = resp.text().await.unwrap();
     for (sample, value) in [
         ("herald_connections_open", 1.0),
         ("herald_events_published_total", 2.0),
-        ("herald_events_delivered_total", 2.0),
+        (DELIVERED, 2.0),
         ("herald_heartbeats_sent_total", 0.0),
     ] {
         assert_eq!(

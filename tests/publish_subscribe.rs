@@ -2,10 +2,13 @@
 //! told, and every refusal (status + error code) leaving nothing published.
 
 mod common;
+#[path = "common/hardening.rs"]
+mod hardening;
 
 use std::time::Duration;
 
 use common::*;
+use hardening::wait_metric;
 use herald::server::RunOptions;
 use serde_json::{json, Value};
 
@@ -410,13 +413,9 @@ async fn caught_up_streams_are_written_by_the_publish_itself() {
     // A pass counts its deliveries just after its writes, so the clients can see the
     // last event a moment before the counter does: wait for it (only these publishes
     // raise it), then take both figures.
+    const DELIVERED: &str = "herald_events_delivered_total";
+    let delivered = wait_metric(&client, server.admin, DELIVERED, WAIT, |v| v >= 210.0).await;
     let metrics = server.admin_url("/metrics");
-    wait_for(WAIT, || async {
-        let (_, text) = get_text(&metrics).await;
-        metric_value(&text, "herald_events_delivered_total") >= Some(210.0)
-    })
-    .await;
-    let delivered = metric(&metrics, "herald_events_delivered_total").await;
     let written_direct = metric(&metrics, "herald_events_delivered_direct_total").await;
     assert_eq!(delivered, 210.0, "21 streams, 10 events each");
     // A stream goes direct once its preamble is written; the client may see the
